@@ -1,0 +1,1 @@
+"""What users run: the `geor` command line and the flows that compose tasks (pipeline, sweep, retrain)."""

@@ -1,0 +1,50 @@
+"""The `geor` command line: one subcommand per stage, each in its own module under flows/.
+
+A command module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported
+only when their command runs, so `geor score` never pays for importing Ray or torch.
+Expected failures (bad config, bad input) raise ``UserFacingError`` or ``ConfigError`` and end
+with a one-line message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from geor_core.config import ConfigError
+from geor_core.errors import UserFacingError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("flows.score", "score a predictions file against truth (the field's standard table)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geor", description="Geo-R on Ray: Chain-of-Region SFT + GRPO for image geolocation."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(_module=module_name)
+        if "--help" in sys.argv or "-h" in sys.argv or _wanted(name):
+            importlib.import_module(module_name).add_arguments(command)
+    return parser
+
+
+def _wanted(name: str) -> bool:
+    return name in sys.argv[1:2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args()
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (ConfigError, UserFacingError) as exc:
+        print(f"geor {args.command}: error: {exc}", file=sys.stderr)
+        return 2

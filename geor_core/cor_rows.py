@@ -1,0 +1,190 @@
+"""One batch of manifest rows -> training rows with Chain-of-Region targets, or a reason code each.
+
+Each row gets the first reason that applies ("" = kept), checked in this order: ``missing_id``,
+``duplicate_id`` (decided over the whole manifest beforehand, see ``dedupe``), ``missing_image``
+(an empty image reference), the coordinate reasons of ``geo.validate_coordinates``, then with
+image checks ``image_missing`` / ``image_undecodable``. Kept rows are reverse-geocoded with one
+batched gazetteer query, get their CoR target (``cor.cor_targets``) and a split.
+
+A row's split depends only on its id and the seed: the keyed siphash-2-4 of the id's UTF-8
+bytes (``pandas.util.hash_array`` with a key derived from the seed), mapped to [0, 1) and cut at
+the cumulative split shares in config order. Adding rows never moves existing ones. Rows whose
+country is a hold-out country go to ``test`` whatever their hash says.
+
+Image references become absolute URIs: kept as they are when absolute (``/...`` or
+``scheme://...``), else joined to ``image_base`` (``prepare.images_root``, else the folder of the
+manifest file the row came from).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from geor_core import gazetteer
+from geor_core.cor import cor_targets
+from geor_core.geo import REASON_CODES as COORDINATE_REASONS
+from geor_core.geo import validate_coordinates
+from geor_core.image_check import IMAGE_MISSING, IMAGE_UNDECODABLE, check_images
+from geor_core.manifest import ColumnRoles
+
+MALFORMED_LINE = "malformed_line"
+MISSING_ID = "missing_id"
+DUPLICATE_ID = "duplicate_id"
+MISSING_IMAGE = "missing_image"
+REASON_CODES = (
+    MALFORMED_LINE,
+    MISSING_ID,
+    DUPLICATE_ID,
+    MISSING_IMAGE,
+    *COORDINATE_REASONS,
+    IMAGE_MISSING,
+    IMAGE_UNDECODABLE,
+)
+TEST_SPLIT = "test"
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("image", pa.string(), nullable=False),
+        pa.field("lat", pa.float64(), nullable=False),
+        pa.field("lon", pa.float64(), nullable=False),
+        pa.field("country_code", pa.string(), nullable=False),
+        pa.field("country", pa.string(), nullable=False),
+        pa.field("state", pa.string(), nullable=False),
+        pa.field("county", pa.string(), nullable=False),
+        pa.field("city", pa.string(), nullable=False),
+        pa.field("settlement_km", pa.float64(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("source_fingerprint", pa.string(), nullable=False),
+    ]
+)
+_ABSOLUTE_REFERENCE = r"^(/|[A-Za-z][A-Za-z0-9+.\-]*://)"
+
+
+@dataclass(frozen=True)
+class RowRules:
+    """The job-wide settings that turn a valid row into a training row."""
+
+    seed: int
+    splits: tuple[tuple[str, float], ...]  # (name, share) in config order
+    holdout_countries: frozenset[str]
+    check_images: bool
+    source_fingerprint: str
+
+
+def row_ids(table: pa.Table, roles: ColumnRoles) -> pa.Array:
+    """The id of every row (surrounding whitespace removed; null or "" when missing)."""
+    return _trimmed(table[roles.id if roles.id is not None else roles.image])
+
+
+def image_references(table: pa.Table, roles: ColumnRoles) -> pa.Array:
+    """The image reference of every row (the id when the manifest has no image column)."""
+    return _trimmed(table[roles.image if roles.image is not None else roles.id])
+
+
+def _trimmed(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return pc.utf8_trim_whitespace(array.cast(pa.string()))
+
+
+def image_uris(references: pa.Array, image_base: str) -> pa.Array:
+    """Absolute image URIs: absolute references as they are, others joined to ``image_base``."""
+    relative = pc.replace_substring_regex(references, r"^(\./)+", "")
+    joined = pc.binary_join_element_wise(image_base.rstrip("/") + "/", relative, "")
+    is_absolute = pc.fill_null(pc.match_substring_regex(references, _ABSOLUTE_REFERENCE), False)
+    return pc.if_else(is_absolute, references, joined)
+
+
+def prepare_batch(
+    table: pa.Table,
+    roles: ColumnRoles,
+    image_base: str,
+    rules: RowRules,
+    duplicate: np.ndarray | None = None,
+) -> tuple[pa.Table, np.ndarray]:
+    """Validate, geocode and label one batch of all-string manifest rows.
+
+    Returns (the kept rows in ``OUTPUT_SCHEMA``, in input order; a reason per input row as an
+    object array, "" for kept rows). ``duplicate`` flags rows whose id appeared earlier in the
+    manifest."""
+    n = table.num_rows
+    ids = row_ids(table, roles)
+    references = image_references(table, roles)
+    reason = np.full(n, "", dtype=object)
+    _mark(reason, _blank(ids), MISSING_ID)
+    if duplicate is not None:
+        _mark(reason, np.asarray(duplicate, dtype=bool), DUPLICATE_ID)
+    _mark(reason, _blank(references), MISSING_IMAGE)
+    lat, lon, coordinate_reason = validate_coordinates(_cells(table[roles.lat]), _cells(table[roles.lon]))
+    pending = reason == ""
+    reason[pending] = coordinate_reason[pending]
+    images = image_uris(references, image_base)
+    if rules.check_images:
+        pending_rows = np.flatnonzero(reason == "")
+        reason[pending_rows] = check_images(images.take(pa.array(pending_rows)).to_pylist())
+    keep = pa.array(np.flatnonzero(reason == ""))
+    kept_rows = _training_rows(ids.take(keep), images.take(keep), lat[keep], lon[keep], rules)
+    return kept_rows, reason
+
+
+def _mark(reason: np.ndarray, condition: np.ndarray, code: str) -> None:
+    reason[condition & (reason == "")] = code
+
+
+def _blank(values: pa.Array) -> np.ndarray:
+    return pc.fill_null(pc.equal(values, ""), True).to_numpy(zero_copy_only=False)
+
+
+def _cells(column: pa.ChunkedArray) -> np.ndarray:
+    return column.combine_chunks().to_numpy(zero_copy_only=False)
+
+
+def _training_rows(ids: pa.Array, images: pa.Array, lat: np.ndarray, lon: np.ndarray, rules: RowRules) -> pa.Table:
+    place = gazetteer.lookup(lat, lon)
+    country = pa.array(place["country_name"], pa.string())
+    state = pa.array(place["admin1"], pa.string())
+    city = pa.array(place["city"], pa.string())
+    columns = {
+        "id": ids,
+        "image": images,
+        "lat": pa.array(lat, pa.float64()),
+        "lon": pa.array(lon, pa.float64()),
+        "country_code": pa.array(place["country_code"], pa.string()),
+        "country": country,
+        "state": state,
+        "county": pa.array(place["admin2"], pa.string()),
+        "city": city,
+        "settlement_km": pa.array(place["distance_km"], pa.float64()),
+        "target": cor_targets(ids, country, state, city, pa.array(lat), pa.array(lon), rules.seed),
+        "split": assign_splits(ids, place["country_code"], rules),
+        "source_fingerprint": pa.array(np.full(len(ids), rules.source_fingerprint, dtype=object), pa.string()),
+    }
+    return pa.table(columns, schema=OUTPUT_SCHEMA)
+
+
+def split_hash_key(seed: int) -> str:
+    """The 16-character siphash key that the split of every row depends on, derived from the seed."""
+    return hashlib.sha256(f"geor-split:{seed}".encode()).hexdigest()[:16]
+
+
+def assign_splits(ids: pa.Array, country_codes: np.ndarray, rules: RowRules) -> pa.Array:
+    """The split of each row: stable in (id, seed), hold-out countries in ``test``."""
+    names = [name for name, _ in rules.splits]
+    shares = np.array([share for _, share in rules.splits], dtype=np.float64)
+    edges = np.cumsum(shares) / shares.sum()
+    keys = np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object)
+    hashes = pd.util.hash_array(keys, hash_key=split_hash_key(rules.seed), categorize=False)
+    unit = (hashes >> np.uint64(11)).astype(np.float64) * 2.0**-53  # uniform in [0, 1)
+    index = np.searchsorted(edges, unit, side="right")
+    index = np.minimum(index, int(np.flatnonzero(shares > 0)[-1]))  # rounding never picks a 0 share
+    split = np.asarray(names, dtype=object)[index]
+    if rules.holdout_countries:
+        split[np.isin(np.asarray(country_codes, dtype=object), list(rules.holdout_countries))] = TEST_SPLIT
+    return pa.array(split, pa.string())

@@ -1,0 +1,328 @@
+"""Reading photo manifests: CSV/TSV, Parquet or JSONL, local or ``s3://``, one file or a prefix of many.
+
+Every cell comes back as a string (so ``abc`` in a latitude column is a non-numeric value for the
+validator to reject, not a read failure), with the original column names. CSV lines with the
+wrong number of fields and JSONL lines that are not JSON objects come back as *malformed lines*
+(their raw text), never as a crash. A UTF-8 BOM is skipped; quoted commas and quoted line breaks
+are ordinary values; ``.gz`` / ``.bz2`` / ``.zst`` files are decompressed on the fly.
+
+Manifest order, which decides which of two rows with the same id is kept, is: files sorted by
+URI, then rows in file order. A file is read as a stream of batches, so memory is bounded by the
+batch size, not the file size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from geor_core import uris
+from geor_core.errors import UserFacingError
+
+FORMATS_BY_SUFFIX = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst")
+_CSV_BLOCK_BYTES = 8 << 20
+_HEADER_BLOCK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """One file of a manifest: where it is, its place in manifest order and how to parse it."""
+
+    uri: str
+    index: int
+    format: str  # csv, tsv, parquet or jsonl
+    folder: str  # the file's folder: image references are relative to it unless images_root is set
+
+
+@dataclass
+class ManifestBatch:
+    """A slice of one manifest file: rows as an all-string table, plus the malformed lines met."""
+
+    table: pa.Table
+    first_row: int  # index within the file (among well-formed rows) of the table's first row
+    malformed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ColumnRoles:
+    """Which manifest column plays which part. ``id`` None: the image reference is the id;
+    ``image`` None: the id is the image reference."""
+
+    id: str | None
+    image: str | None
+    lat: str
+    lon: str
+
+
+def manifest_format(uri: str) -> str | None:
+    """csv, tsv, parquet or jsonl from the file name (a compression suffix is looked through)."""
+    name = uri.rsplit("/", 1)[-1].lower()
+    for suffix in COMPRESSION_SUFFIXES:
+        name = name.removesuffix(suffix)
+    for suffix, kind in FORMATS_BY_SUFFIX.items():
+        if name.endswith(suffix):
+            return kind
+    return None
+
+
+def list_manifest_files(uri: str) -> list[ManifestFile]:
+    """The files of a manifest URI (one file, or every supported file under a folder / prefix).
+
+    Files and folders whose names start with ``.`` or ``_`` are skipped (markers, temp files)."""
+    try:
+        fs, path = uris.filesystem(uri)
+    except ValueError as exc:
+        raise UserFacingError(f"manifest {uri!r}: {exc}") from exc
+    if fs.isfile(path):
+        if manifest_format(uri) is None:
+            raise UserFacingError(f"manifest {uri} is not a {_supported()} file")
+        found = [uri]
+    elif fs.isdir(path):
+        base = uri.rstrip("/")
+        found = []
+        for entry in sorted(fs.find(path)):
+            relative = entry[len(path) :].strip("/")
+            if any(part.startswith((".", "_")) for part in relative.split("/")):
+                continue
+            if manifest_format(relative) is not None:
+                found.append(uris.join(base, relative))
+        if not found:
+            raise UserFacingError(f"manifest folder {uri} has no {_supported()} files")
+    else:
+        raise UserFacingError(f"manifest {uri} does not exist")
+    return [
+        ManifestFile(uri=file_uri, index=i, format=manifest_format(file_uri) or "", folder=_folder(file_uri))
+        for i, file_uri in enumerate(found)
+    ]
+
+
+def _supported() -> str:
+    return "/".join(sorted(set(FORMATS_BY_SUFFIX.values())))
+
+
+def _folder(file_uri: str) -> str:
+    if uris.is_s3(file_uri):
+        return file_uri.rsplit("/", 1)[0]
+    return uris.filesystem(file_uri)[1].rsplit("/", 1)[0] or "/"
+
+
+def resolve_columns(
+    columns: list[str], id_col: str, image_col: str, lat_col: str, lon_col: str, where: str
+) -> ColumnRoles:
+    """Match configured column names to a file's columns: exactly, else case-insensitively if
+    unique. An absent id column means the image reference is the id, and vice versa; missing
+    coordinates, or neither an id nor an image column, raise UserFacingError naming ``where``."""
+
+    def find(name: str) -> str | None:
+        if not name:
+            return None
+        if name in columns:
+            return name
+        folded = [c for c in columns if c.strip().casefold() == name.strip().casefold()]
+        return folded[0] if len(folded) == 1 else None
+
+    roles = ColumnRoles(id=find(id_col), image=find(image_col), lat=find(lat_col) or "", lon=find(lon_col) or "")
+    missing = [f"{flag} {name!r}" for flag, name, got in (
+        ("--lat-col", lat_col, roles.lat), ("--lon-col", lon_col, roles.lon)) if not got]  # fmt: skip
+    if roles.id is None and roles.image is None:
+        missing.append(f"--id-col {id_col!r} or --image-col {image_col!r}")
+    if missing:
+        raise UserFacingError(
+            f"manifest {where} has no column {' / '.join(missing)}; its columns: {', '.join(columns)}"
+        )
+    return roles
+
+
+def read_columns(file: ManifestFile) -> list[str]:
+    """The column names of one manifest file (for JSONL: the keys of its first object)."""
+    for batch in iter_batches(file, batch_rows=1, first_batch_only=True):
+        return batch.table.column_names
+    return []
+
+
+def iter_batches(
+    file: ManifestFile, batch_rows: int, columns: list[str] | None = None, first_batch_only: bool = False
+) -> Iterator[ManifestBatch]:
+    """Stream one manifest file as all-string batches of about ``batch_rows`` rows.
+
+    ``columns`` limits the columns read (all when None). Every well-formed row appears in exactly
+    one batch, in file order; every malformed line in exactly one batch's ``malformed`` list. The
+    last batch may have no rows (it then carries the remaining malformed lines)."""
+    readers = {"csv": _iter_csv, "tsv": _iter_csv, "parquet": _iter_parquet, "jsonl": _iter_jsonl}
+    try:
+        yield from _rebatch(readers[file.format](file, batch_rows, columns), batch_rows, first_batch_only)
+    except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as exc:
+        raise UserFacingError(f"manifest file {file.uri} cannot be read as {file.format}: {exc}") from exc
+
+
+def _rebatch(
+    parts: Iterator[tuple[pa.Table, list[str]]], batch_rows: int, first_batch_only: bool
+) -> Iterator[ManifestBatch]:
+    """Cut reader pieces into batches of ``batch_rows`` rows (the last may be smaller)."""
+    pending = pa.table({})
+    template = pa.table({})  # an empty table that still has the column names
+    malformed: list[str] = []
+    next_row = 0
+    for table, bad_lines in parts:
+        if table.num_rows:
+            pending = _concat([pending, table]) if pending.num_rows else table
+        elif table.num_columns:
+            template = table
+        malformed += bad_lines
+        while pending.num_rows >= batch_rows:
+            yield ManifestBatch(pending.slice(0, batch_rows), next_row, malformed)
+            if first_batch_only:
+                return
+            next_row += batch_rows
+            pending, malformed = pending.slice(batch_rows), []
+    if pending.num_rows or malformed or next_row == 0:
+        yield ManifestBatch(pending if pending.num_rows else template, next_row, malformed)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    if not tables:
+        return pa.table({})
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _open_stream(file: ManifestFile) -> Any:
+    fs, path = uris.pyarrow_filesystem(file.uri)
+    return fs.open_input_stream(path, compression="detect")
+
+
+def _iter_csv(
+    file: ManifestFile, batch_rows: int, columns: list[str] | None
+) -> Iterator[tuple[pa.Table, list[str]]]:
+    delimiter = "\t" if file.format == "tsv" else ","
+    read_options = pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False)
+    with _open_stream(file) as stream:  # a first look, only for the header's column names
+        header_parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda row: "skip")
+        header_options = pacsv.ReadOptions(block_size=_HEADER_BLOCK_BYTES, use_threads=False)
+        try:
+            names = pacsv.open_csv(stream, read_options=header_options, parse_options=header_parse).schema.names
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                return
+            raise
+    bad_lines: list[str] = []
+
+    def keep_malformed(row: Any) -> str:
+        bad_lines.append(row.text)
+        return "skip"
+
+    parse_options = pacsv.ParseOptions(
+        delimiter=delimiter, newlines_in_values=True, invalid_row_handler=keep_malformed
+    )
+    convert_options = pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in names},
+        include_columns=columns,
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+    with _open_stream(file) as stream:
+        reader = pacsv.open_csv(
+            stream, read_options=read_options, parse_options=parse_options, convert_options=convert_options
+        )
+        for record_batch in reader:
+            lines, bad_lines[:] = list(bad_lines), []
+            yield pa.Table.from_batches([record_batch]), lines
+    wanted = columns if columns is not None else names
+    yield pa.table({name: pa.array([], pa.string()) for name in wanted}), list(bad_lines)
+
+
+def _iter_parquet(
+    file: ManifestFile, batch_rows: int, columns: list[str] | None
+) -> Iterator[tuple[pa.Table, list[str]]]:
+    fs, path = uris.pyarrow_filesystem(file.uri)
+    with fs.open_input_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        if parquet.metadata.num_rows == 0:
+            yield pa.table({name: pa.array([], pa.string()) for name in parquet.schema_arrow.names}), []
+            return
+        for record_batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+            yield _all_strings(pa.Table.from_batches([record_batch])), []
+
+
+def _all_strings(table: pa.Table) -> pa.Table:
+    """Every column as strings: plain casts where Arrow has one, JSON text for nested values."""
+    out = []
+    for column in table.columns:
+        if pa.types.is_string(column.type):
+            out.append(column)
+        elif pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type):
+            out.append(column.cast(pa.string()))
+        else:
+            try:
+                out.append(column.cast(pa.string()))
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+                values = column.to_pylist()
+                out.append(pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string()))
+    return pa.table(out, names=table.column_names)
+
+
+def _iter_jsonl(
+    file: ManifestFile, batch_rows: int, columns: list[str] | None
+) -> Iterator[tuple[pa.Table, list[str]]]:
+    rows: list[dict[str, Any]] = []
+    bad_lines: list[str] = []
+    for text in _iter_lines(file):
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, dict):
+            rows.append(value)
+        else:
+            bad_lines.append(text)
+        if len(rows) >= batch_rows:
+            yield _json_rows_table(rows, columns), bad_lines
+            rows, bad_lines = [], []
+    yield _json_rows_table(rows, columns), bad_lines
+
+
+def _iter_lines(file: ManifestFile) -> Iterator[str]:
+    """The lines of a UTF-8 text file without their line ends (a leading BOM dropped)."""
+    remainder = b""
+    first = True
+    with _open_stream(file) as stream:
+        while chunk := stream.read(_CSV_BLOCK_BYTES):
+            if first:
+                chunk, first = chunk.removeprefix(b"\xef\xbb\xbf"), False
+            lines = (remainder + chunk).split(b"\n")
+            remainder = lines.pop()
+            for line in lines:
+                yield line.rstrip(b"\r").decode("utf-8")
+    if remainder:
+        yield remainder.rstrip(b"\r").decode("utf-8")
+
+
+def _json_rows_table(rows: list[dict[str, Any]], columns: list[str] | None) -> pa.Table:
+    names = columns or list(dict.fromkeys(key for row in rows for key in row))
+    return pa.table(
+        {name: pa.array([_json_cell(row.get(name)) for row in rows], pa.string()) for name in names}
+    )
+
+
+def _json_cell(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)

@@ -1,0 +1,223 @@
+"""Parse a model completion into a prediction: the one rule used by rewards, `geor score` and evaluate.
+
+The rule (DESIGN.md, "Parsing a completion"):
+
+- The answer is the text inside the last complete ``<answer>...</answer>`` block (the last
+  ``<answer>`` that has a ``</answer>`` after it, up to the first ``</answer>`` that follows it).
+  With no answer tag at all, the answer is the whole text. An ``<answer>`` or ``</answer>`` with
+  no complete block (a completion cut off mid-answer) is an error: ``answer_tag_unmatched``.
+- A coordinate pair is ``(lat, lon)`` with optional spaces, signs (``+``, ``-``, ``U+2212``),
+  decimals, a degree sign, and N/S (latitude) or E/W (longitude) suffixes. A suffix decides the
+  sign: S and W negative, N and E positive (``(-33.8 S, ...)`` is -33.8, ``(-33.8 N, ...)`` 33.8).
+- The prediction is the first in-range pair (lat in [-90, 90], lon in [-180, 180]) of the answer.
+  ``format_ok`` iff the answer holds exactly one pair and it is in range. No pair in range: the
+  prediction is missing (``lat``/``lon`` None) with error ``no_pair`` or ``pair_out_of_range``.
+- Labels ``Country:``, ``State:``, ``City:``, ``Coordinates:`` (exactly this case, not inside a
+  longer word, optional spaces before the colon). ``chain_ok`` iff each appears exactly once, in that order. The value of a label is
+  the text up to the next label, ``;`` or line break, stripped of spaces and trailing ``,.``; so
+  both the ``;``-separated form and the paper's space-separated form
+  (``Country: X State: Y City: Z Coordinates: (..)``) give the same fields. A label named more
+  than once: its first value is used. Values longer than ``MAX_NAME_CHARS`` are not names (None).
+
+Input: a ``str``, or a TRL conversational completion (a list of ``{"role", "content"}`` messages:
+the last assistant message is used; content may be a list of ``{"type": "text", "text"}`` parts).
+Anything else (None, bytes, numbers) gives a ``Parsed`` with error ``not_text``. Parsing never
+raises. All patterns use possessive quantifiers, so a 1 MB string parses in linear time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_NAME_CHARS = 100
+
+_OPEN, _CLOSE = "<answer>", "</answer>"
+_NUMBER = r"([+\-\u2212]?(?:\d++(?:\.\d*+)?|\.\d++))"
+_DEGREE = r"\s*+(?:[°º]\s*+)?"
+_PAIR_RE = re.compile(
+    r"\(\s*+" + _NUMBER + _DEGREE + r"([NSns]?)\s*+,\s*+" + _NUMBER + _DEGREE + r"([EWew]?)\s*+\)"
+)
+_LABEL_RE = re.compile(r"(?<![A-Za-z])(Country|State|City|Coordinates)\s*+:")
+_CHAIN = ["Country", "State", "City", "Coordinates"]
+_VALUE_END_RE = re.compile(r"[;\n\r]")
+_VALUE_STRIP = " \t,.\u00a0"
+
+# Reason codes in Parsed.error ("" when a prediction exists).
+NOT_TEXT = "not_text"
+EMPTY = "empty"
+ANSWER_TAG_UNMATCHED = "answer_tag_unmatched"
+NO_PAIR = "no_pair"
+PAIR_OUT_OF_RANGE = "pair_out_of_range"
+INTERNAL_ERROR = "internal_error"  # a bug in this module, never expected; counted, not raised
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """One parsed completion. ``lat``/``lon`` are None when the prediction is missing."""
+
+    country: str | None
+    state: str | None
+    city: str | None
+    lat: float | None
+    lon: float | None
+    format_ok: bool
+    chain_ok: bool
+    error: str
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    """Many parsed completions as columns: NaN lat/lon where the prediction is missing."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    format_ok: np.ndarray
+    chain_ok: np.ndarray
+    country: list[str | None]
+    state: list[str | None]
+    city: list[str | None]
+    error: list[str]
+
+    @property
+    def missing(self) -> np.ndarray:
+        """True where no in-range pair was found (parse failed)."""
+        return np.isnan(self.lat)
+
+
+_NAN = float("nan")
+# Internal rows are (country, state, city, lat, lon, format_ok, chain_ok, error) with NaN for a
+# missing lat/lon, so parse_many builds float arrays in C; Parsed turns NaN into None.
+_FAILED = {
+    code: (None, None, None, _NAN, _NAN, False, False, code)
+    for code in (NOT_TEXT, EMPTY, ANSWER_TAG_UNMATCHED, INTERNAL_ERROR)
+}
+
+
+def parse_completion(completion: object) -> Parsed:
+    """Parse one completion (str or TRL conversational list) by the one rule; never raises."""
+    country, state, city, lat, lon, format_ok, chain_ok, error = _parse_fields(completion)
+    if error:
+        lat = lon = None
+    return Parsed(country, state, city, lat, lon, format_ok, chain_ok, error)
+
+
+def parse_many(completions: Iterable[object]) -> ParsedBatch:
+    """Parse many completions into columns (faster than building a Parsed per row); never raises."""
+    rows = [_parse_fields(c) for c in completions]
+    n = len(rows)
+    if n == 0:
+        empty = np.empty(0)
+        return ParsedBatch(empty, empty.copy(), np.zeros(0, bool), np.zeros(0, bool), [], [], [], [])
+    country, state, city, lat, lon, format_ok, chain_ok, error = zip(*rows, strict=True)
+    return ParsedBatch(
+        lat=np.array(lat, dtype=np.float64),
+        lon=np.array(lon, dtype=np.float64),
+        format_ok=np.array(format_ok, dtype=bool),
+        chain_ok=np.array(chain_ok, dtype=bool),
+        country=list(country),
+        state=list(state),
+        city=list(city),
+        error=list(error),
+    )
+
+
+def completion_text(completion: object) -> str | None:
+    """The text of a completion: the str itself or the last assistant message's content; else None."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    if not isinstance(completion, list | tuple):
+        return None
+    messages = [m for m in completion if isinstance(m, dict)]
+    assistant = [m for m in messages if m.get("role", "assistant") == "assistant"]
+    if not assistant:
+        return None
+    content = assistant[-1].get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list | tuple):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type", "text") == "text"]
+        if parts and all(isinstance(p, str) for p in parts):
+            return "".join(parts)
+    return None
+
+
+def _parse_fields(completion: object) -> tuple:
+    try:
+        text = completion if type(completion) is str else completion_text(completion)
+        if text is None:
+            return _FAILED[NOT_TEXT]
+        return _parse_text(text)
+    except Exception:  # the contract is "never raises": a bug here must not stop a training run
+        return _FAILED[INTERNAL_ERROR]
+
+
+def _parse_text(text: str) -> tuple:
+    if not text or text.isspace():
+        return _FAILED[EMPTY]
+    answer = _answer_text(text)
+    if answer is None:
+        return _FAILED[ANSWER_TAG_UNMATCHED]
+    country, state, city, chain_ok = _labelled_fields(answer)
+    lat = lon = _NAN
+    found = False
+    n_pairs = 0
+    for match in _PAIR_RE.finditer(answer):
+        n_pairs += 1
+        if found:
+            break  # a second pair: the prediction and format_ok are decided
+        lat_s, ns, lon_s, ew = match.groups()
+        la = _to_float(lat_s)
+        lo = _to_float(lon_s)
+        if ns:
+            la = -abs(la) if ns in "Ss" else abs(la)
+        if ew:
+            lo = -abs(lo) if ew in "Ww" else abs(lo)
+        if -90.0 <= la <= 90.0 and -180.0 <= lo <= 180.0:
+            lat, lon, found = la, lo, True
+    if not found:
+        return (country, state, city, _NAN, _NAN, False, chain_ok, PAIR_OUT_OF_RANGE if n_pairs else NO_PAIR)
+    return (country, state, city, lat, lon, n_pairs == 1, chain_ok, "")
+
+
+def _answer_text(text: str) -> str | None:
+    close = text.rfind(_CLOSE)
+    if close < 0:
+        return None if _OPEN in text else text
+    start = text.rfind(_OPEN, 0, close)
+    if start < 0:
+        return None
+    start += len(_OPEN)
+    return text[start : text.find(_CLOSE, start)]
+
+
+def _to_float(number: str) -> float:
+    return -float(number[1:]) if number[0] == "\u2212" else float(number)
+
+
+def _labelled_fields(answer: str) -> tuple[str | None, str | None, str | None, bool]:
+    pieces = _LABEL_RE.split(answer)  # [before, label, text, label, text, ...]
+    if len(pieces) == 1:
+        return None, None, None, False
+    labels = pieces[1::2]
+    return (
+        _first_value(pieces, labels, "Country"),
+        _first_value(pieces, labels, "State"),
+        _first_value(pieces, labels, "City"),
+        labels == _CHAIN,
+    )
+
+
+def _first_value(pieces: list[str], labels: list[str], label: str) -> str | None:
+    try:
+        text = pieces[2 * labels.index(label) + 2]
+    except ValueError:
+        return None
+    cut = _VALUE_END_RE.search(text)
+    value = (text[: cut.start()] if cut else text).strip(_VALUE_STRIP)
+    return value if value and len(value) <= MAX_NAME_CHARS else None

@@ -1,0 +1,155 @@
+"""The per-block work of `geor prepare`, free of Ray: manifest file -> raw blocks -> training rows.
+
+``read_raw_blocks`` turns one manifest file into *raw blocks*: all-string tables of the file's
+rows plus bookkeeping columns (``META_COLUMNS``): ``__file`` (file index), ``__block`` (block
+index within the file), ``__row`` (the row's index in its file; null for a malformed line),
+``__line`` (the raw text of a malformed line, else null) and ``__duplicate`` (the id appeared
+earlier in the manifest). A malformed line is a row of its own, every manifest column null.
+
+``transform_block`` turns a raw block into training rows (``cor_rows.OUTPUT_SCHEMA``) and writes
+the block's rejects itself, to ``<rejects>/part-<file>-<block>.parquet``: every manifest column of
+the job (as strings; a manifest column that clashes with a name below is kept as
+``manifest_<name>``) plus ``reason``, ``line`` (malformed lines), ``source_file`` and ``source_row``.
+The file name depends only on the block, so a retried task overwrites rather than duplicates.
+
+The Ray Data pipeline (tasks/prepare.py) and the single-process baseline (benchmarks/prepare.py)
+both run exactly these two functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from geor_core import uris
+from geor_core.cor_rows import MALFORMED_LINE, OUTPUT_SCHEMA, RowRules, prepare_batch
+from geor_core.manifest import ColumnRoles, ManifestFile, iter_batches
+
+META_COLUMNS = ("__file", "__block", "__row", "__line", "__duplicate")
+REJECT_EXTRA_COLUMNS = ("reason", "line", "source_file", "source_row")
+
+
+@dataclass(frozen=True)
+class FileContext:
+    """What the transform needs to know about one manifest file."""
+
+    uri: str
+    roles: ColumnRoles | None  # None: the file has no columns at all (an empty file)
+    image_base: str
+
+
+@dataclass(frozen=True)
+class PrepareJob:
+    """Everything a worker needs for ``transform_block``; small enough to ship with every task."""
+
+    files: tuple[FileContext, ...]  # by file index
+    rules: RowRules
+    rejects_uri: str
+    manifest_columns: tuple[str, ...]  # the union of every file's columns, in first-seen order
+
+    def reject_schema(self) -> pa.Schema:
+        names = [reject_column_name(name) for name in self.manifest_columns]
+        fields = [pa.field(name, pa.string()) for name in names]
+        fields += [pa.field("reason", pa.string()), pa.field("line", pa.string())]
+        fields += [pa.field("source_file", pa.string()), pa.field("source_row", pa.int64())]
+        return pa.schema(fields)
+
+
+def reject_column_name(manifest_column: str) -> str:
+    """A manifest column's name in the rejects table (renamed only when it clashes with ours)."""
+    return f"manifest_{manifest_column}" if manifest_column in REJECT_EXTRA_COLUMNS else manifest_column
+
+
+def read_raw_blocks(file: ManifestFile, batch_rows: int, duplicate_rows: np.ndarray) -> Iterator[pa.Table]:
+    """One manifest file as raw blocks of about ``batch_rows`` rows (see the module docstring).
+
+    ``duplicate_rows``: the sorted row indices of this file whose id appeared earlier."""
+    for block_index, batch in enumerate(iter_batches(file, batch_rows)):
+        n = batch.table.num_rows
+        rows = np.arange(batch.first_row, batch.first_row + n, dtype=np.int64)
+        found = np.searchsorted(duplicate_rows, rows)
+        duplicate = (found < duplicate_rows.size) & (duplicate_rows[np.minimum(found, duplicate_rows.size - 1)] == rows)
+        block = batch.table.append_column("__file", pa.array(np.full(n, file.index, np.int32)))
+        block = block.append_column("__block", pa.array(np.full(n, block_index, np.int32)))
+        block = block.append_column("__row", pa.array(rows))
+        block = block.append_column("__line", pa.nulls(n, pa.string()))
+        block = block.append_column("__duplicate", pa.array(duplicate, pa.bool_()))
+        if batch.malformed:
+            block = pa.concat_tables([block, _malformed_block(file.index, block_index, batch.malformed)],
+                                     promote_options="permissive")  # fmt: skip
+        if block.num_rows or block_index == 0:
+            yield block
+
+
+def _malformed_block(file_index: int, block_index: int, lines: list[str]) -> pa.Table:
+    n = len(lines)
+    return pa.table(
+        {
+            "__file": pa.array(np.full(n, file_index, np.int32)),
+            "__block": pa.array(np.full(n, block_index, np.int32)),
+            "__row": pa.nulls(n, pa.int64()),
+            "__line": pa.array(lines, pa.string()),
+            "__duplicate": pa.array(np.zeros(n, bool)),
+        }
+    )
+
+
+def transform_block(block: pa.Table, job: PrepareJob) -> pa.Table:
+    """Raw block -> training rows (``OUTPUT_SCHEMA``); the block's rejects are written on the way."""
+    if block.num_rows == 0:
+        return OUTPUT_SCHEMA.empty_table()
+    keys = pc.add(pc.multiply(block["__file"].cast(pa.int64()), 1 << 32), block["__block"].cast(pa.int64()))
+    distinct = pc.unique(keys).to_pylist()  # normally one: a raw block comes from one file
+    outputs = []
+    for key in distinct:
+        part = block.filter(pc.equal(keys, key)) if len(distinct) > 1 else block
+        outputs.append(_transform_part(part, key >> 32, key & 0xFFFFFFFF, job))
+    return pa.concat_tables(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _transform_part(part: pa.Table, file_index: int, block_index: int, job: PrepareJob) -> pa.Table:
+    file = job.files[file_index]
+    malformed = part["__line"].is_valid()
+    rows = part.filter(pc.invert(malformed))
+    lines = part.filter(malformed)
+    rejects = []
+    kept = OUTPUT_SCHEMA.empty_table()
+    if rows.num_rows:
+        if file.roles is None:
+            raise ValueError(f"manifest file {file.uri} has rows but no column roles")
+        duplicate = rows["__duplicate"].combine_chunks().to_numpy(zero_copy_only=False)
+        kept, reason = prepare_batch(rows, file.roles, file.image_base, job.rules, duplicate)
+        rejected = np.flatnonzero(reason != "")
+        if rejected.size:
+            rejects.append(_rejects(rows.take(pa.array(rejected)), reason[rejected], file.uri, job))
+    if lines.num_rows:
+        reasons = np.full(lines.num_rows, MALFORMED_LINE, dtype=object)
+        rejects.append(_rejects(lines, reasons, file.uri, job))
+    if rejects:
+        _write_rejects(pa.concat_tables(rejects), file_index, block_index, job.rejects_uri)
+    return kept
+
+
+def _rejects(rows: pa.Table, reasons: np.ndarray, source_uri: str, job: PrepareJob) -> pa.Table:
+    schema = job.reject_schema()
+    n = rows.num_rows
+    columns = []
+    for name in job.manifest_columns:
+        columns.append(rows[name].cast(pa.string()) if name in rows.column_names else pa.nulls(n, pa.string()))
+    columns.append(pa.array(reasons, pa.string()))
+    columns.append(rows["__line"])
+    columns.append(pa.array(np.full(n, source_uri, dtype=object), pa.string()))
+    columns.append(rows["__row"])
+    return pa.Table.from_arrays([pa.chunked_array(c) if isinstance(c, pa.Array) else c for c in columns],
+                                schema=schema)  # fmt: skip
+
+
+def _write_rejects(rejects: pa.Table, file_index: int, block_index: int, rejects_uri: str) -> None:
+    fs, path = uris.pyarrow_filesystem(rejects_uri)
+    fs.create_dir(path, recursive=True)
+    pq.write_table(rejects, f"{path}/part-{file_index:05d}-{block_index:06d}.parquet", filesystem=fs)

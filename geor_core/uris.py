@@ -1,0 +1,217 @@
+"""Every path is a URI: a local path or ``s3://bucket/prefix``. Reading, writing and listing go
+through fsspec (s3fs for S3); Ray Data gets a pyarrow filesystem for the same URI.
+
+An S3-compatible endpoint (MinIO, moto, ...) is chosen with the standard AWS variables
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``).
+
+Outputs are written atomically: files first, then a completion marker (``_SUCCESS.json``) last.
+A reader trusts a directory only when ``is_complete`` says so. Single files are written with
+``write_atomic`` (local: temp file + ``os.replace``; S3: one PUT, which is atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+MARKER_NAME = "_SUCCESS.json"
+
+
+def is_s3(uri: str) -> bool:
+    """True for ``s3://`` (and ``s3a://``) URIs."""
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def _check_uri(uri: str) -> None:
+    if not isinstance(uri, str) or not uri.strip():
+        raise ValueError(f"expected a local path or s3:// URI, got {uri!r}")
+
+
+def _s3_options() -> dict[str, Any]:
+    # Pass the endpoint explicitly rather than trusting every botocore version to read
+    # AWS_ENDPOINT_URL; listings are not cached, since other processes (Ray workers) write too.
+    options: dict[str, Any] = {"use_listings_cache": False}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options
+
+
+def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
+    """``uri`` -> (an fsspec filesystem, the path inside it). Local paths become absolute."""
+    _check_uri(uri)
+    if is_s3(uri):
+        return fsspec.filesystem("s3", **_s3_options()), uri.split("://", 1)[1].rstrip("/")
+    if "://" not in uri or uri.startswith("file://"):
+        path = uri.removeprefix("file://")
+        return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
+    try:
+        return fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as exc:
+        raise ValueError(f"cannot open {uri!r}: {exc} (use a local path or an s3:// URI)") from exc
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols
+
+
+def _to_uri(fs: AbstractFileSystem, path: str) -> str:
+    """A path as fsspec lists it -> the URI callers use (local paths stay plain paths)."""
+    return path if _is_local(fs) else fs.unstrip_protocol(path)
+
+
+def join(uri: str, *parts: str) -> str:
+    """``join("s3://b/run", "train", "part-0.parquet")`` -> ``"s3://b/run/train/part-0.parquet"``."""
+    _check_uri(uri)
+    tail = [part.strip("/") for part in parts if part.strip("/")]
+    return "/".join([uri.rstrip("/") or "/", *tail]) if tail else uri
+
+
+def exists(uri: str) -> bool:
+    """True when a file or directory (for S3: any object under the prefix) is there."""
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole content of one file."""
+    fs, path = filesystem(uri)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{uri} does not exist") from exc
+
+
+def read_text(uri: str) -> str:
+    """The whole content of one UTF-8 text file."""
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_atomic(uri: str, data: bytes | str) -> None:
+    """Write one file so that a reader sees either nothing (or the old file) or all of it."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fs, path = filesystem(uri)
+    if _is_local(fs):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    else:
+        fs.pipe_file(path, payload)  # one PUT: atomic on S3
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a UTF-8 text file atomically."""
+    write_atomic(uri, text)
+
+
+def listdir(uri: str) -> list[str]:
+    """The URIs of the direct children of a directory (or S3 prefix), sorted."""
+    fs, path = filesystem(uri)
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"{uri} is not a directory")
+    return sorted(_to_uri(fs, entry) for entry in fs.ls(path, detail=False) if entry.rstrip("/") != path)
+
+
+def glob(pattern: str) -> list[str]:
+    """The URIs matching a glob pattern such as ``s3://b/run/train/*.parquet``, sorted."""
+    fs, path = filesystem(pattern)
+    return sorted(_to_uri(fs, entry) for entry in fs.glob(path))
+
+
+def write_marker(uri_dir: str, payload: dict[str, Any]) -> None:
+    """Mark ``uri_dir`` complete; call this LAST, after every output file is written."""
+    write_atomic(join(uri_dir, MARKER_NAME), json.dumps(payload, sort_keys=True, indent=2, default=str))
+
+
+def read_marker(uri_dir: str) -> dict[str, Any] | None:
+    """The payload of ``uri_dir``'s completion marker, or None when the directory is not complete."""
+    try:
+        text = read_text(join(uri_dir, MARKER_NAME))
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"completion marker {join(uri_dir, MARKER_NAME)} is not valid JSON: {exc}") from exc
+
+
+def is_complete(uri_dir: str) -> bool:
+    """True when ``uri_dir`` has its completion marker, i.e. every output in it was written."""
+    return exists(join(uri_dir, MARKER_NAME))
+
+
+def remove_tree(uri: str) -> None:
+    """Delete a file or a whole directory / prefix; nothing there is not an error."""
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def copy_to_local(uri: str, local_dir: str | Path) -> Path:
+    """Copy a directory (or one file) at ``uri`` into ``local_dir``, replacing what was there.
+
+    The copy lands in a staging folder first and is renamed into place, so ``local_dir`` never
+    holds half a model."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{uri} does not exist")
+    target = Path(local_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir()
+        if fs.isfile(path):
+            fs.get_file(path, str(staging / Path(path).name))
+        else:
+            for source in fs.find(path):
+                destination = staging / os.path.relpath(source, path)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(source, str(destination))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def pyarrow_filesystem(uri: str) -> tuple[Any, str]:
+    """``uri`` -> (a pyarrow filesystem, the path inside it), e.g. for Ray Data's ``filesystem=``.
+
+    For S3 the endpoint comes from ``AWS_ENDPOINT_URL`` when set; credentials from the usual chain."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if is_s3(uri):
+        options: dict[str, Any] = {}
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            options["region"] = region
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+            options["endpoint_override"] = parsed.netloc
+            options["scheme"] = parsed.scheme
+        return pafs.S3FileSystem(**options), path
+    if _is_local(fs):
+        return pafs.LocalFileSystem(), path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
