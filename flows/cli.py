@@ -18,6 +18,10 @@ from geor_core.errors import UserFacingError
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("flows.score", "score a predictions file against truth (the field's standard table)"),
+    "make-tiny-model": ("flows.make_tiny_model", "build the tiny random-init Qwen2.5-VL model"),
+    "make-world": ("flows.make_world", "render the synthetic learnable world: JPEGs + manifest"),
+    "prepare": ("flows.prepare", "manifest of photos with GPS -> Chain-of-Region training rows (Ray Data)"),
+    "sft": ("flows.sft", "supervised fine-tuning on Chain-of-Region rows (Ray Train + DeepSpeed + TRL)"),
 }
 
 

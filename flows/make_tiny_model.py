@@ -21,7 +21,9 @@ MARKER_KIND = "geor-tiny-model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, help="local directory or s3:// prefix to write the model to")
+    parser.add_argument(
+        "--output", required=True, help="local directory or s3:// prefix to write the model to"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the tokenizer corpus")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the output is complete")
     add_config_arguments(parser)

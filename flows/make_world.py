@@ -19,11 +19,17 @@ from geor_core.world import WorldSpec, build_world
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, help="local directory or s3:// prefix to write the world to")
+    parser.add_argument(
+        "--output", required=True, help="local directory or s3:// prefix to write the world to"
+    )
     parser.add_argument("--rows", type=int, default=None, help="number of photos (data.world_rows)")
     parser.add_argument("--seed", type=int, default=None, help="world seed (data.world_seed)")
-    parser.add_argument("--countries", type=int, default=None, help="number of countries (data.world_countries)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a complete world with other settings")
+    parser.add_argument(
+        "--countries", type=int, default=None, help="number of countries (data.world_countries)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a complete world with other settings"
+    )
     add_config_arguments(parser)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-SECRET_MARKERS = ("key", "token", "secret", "password", "credential")
+SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credential", "credentials"}
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,7 @@ class PrepareConfig:
     dedupe: bool = True
     batch_size: int = _range(100_000, 1)
     cpus_per_task: float = _range(1.0, 0.05)
+    compute: str = _choice("tasks", "tasks", "actors", doc="the transform: fused tasks or an actor pool")
     overwrite: bool = False
 
 
@@ -123,6 +125,7 @@ class TrainingConfig:
     lr_scheduler_type: str = _choice("cosine", "constant", "linear", "cosine", "constant_with_warmup")
     per_device_batch_size: int = _range(8, 1)
     gradient_accumulation_steps: int = _range(1, 1)
+    global_batch_size: int = _range(0, 0, doc="0: per_device_batch_size x num_workers x accumulation")
     num_epochs: float = _range(1.0, 0.0)
     max_steps: int = _range(-1, -1, doc="-1: run num_epochs")
     logging_steps: int = _range(10, 1)
@@ -407,8 +410,11 @@ def _check_consistency(cfg: GeorConfig) -> None:
         raise ConfigError(
             f"model.min_pixels: got {cfg.model.min_pixels}, must be <= model.max_pixels ({cfg.model.max_pixels})"
         )
+    for name in ("sft", "grpo"):
+        _check_training(cfg, name)
+    g = cfg.grpo
     global_batch = (
-        cfg.grpo.per_device_batch_size * cfg.grpo.num_workers * cfg.grpo.gradient_accumulation_steps
+        g.global_batch_size or g.per_device_batch_size * g.num_workers * g.gradient_accumulation_steps
     )
     if global_batch % cfg.grpo.num_generations:
         raise ConfigError(
@@ -419,6 +425,31 @@ def _check_consistency(cfg: GeorConfig) -> None:
         (cfg.reward.w_distance, cfg.reward.w_format, cfg.reward.w_chain, cfg.reward.w_region)
     ):
         raise ConfigError("reward.w_*: weighted_sum needs at least one positive weight")
+
+
+def _check_training(cfg: GeorConfig, name: str) -> None:
+    stage = getattr(cfg, name)
+    split = stage.num_workers * stage.gradient_accumulation_steps
+    if stage.global_batch_size and stage.global_batch_size % split:
+        raise ConfigError(
+            f"{name}.global_batch_size: got {stage.global_batch_size}, must be divisible by "
+            f"{name}.num_workers x {name}.gradient_accumulation_steps = {split}"
+        )
+    if stage.save_steps % stage.eval_steps:
+        raise ConfigError(
+            f"{name}.save_steps: got {stage.save_steps}, must be a multiple of {name}.eval_steps "
+            f"({stage.eval_steps}) so every checkpoint is ranked by a fresh validation score"
+        )
+    if not stage.use_gpu and cfg.model.dtype in ("bfloat16", "float16"):
+        raise ConfigError(
+            f"model.dtype: got {cfg.model.dtype!r} with {name}.use_gpu=false; DeepSpeed on CPU trains "
+            "in float32 (set model.dtype=float32 or auto)"
+        )
+    if cfg.model.lora.enabled and stage.zero_stage == 3:
+        raise ConfigError(
+            f"{name}.zero_stage: got 3 with model.lora.enabled=true; LoRA adapters train under ZeRO 0 or 2 "
+            "(the adapters are small; the merged export needs whole weights on one rank)"
+        )
 
 
 def build_config(values: dict[str, Any]) -> GeorConfig:
@@ -448,8 +479,8 @@ def load_config(
 
 def is_secret_key(key: str) -> bool:
     """True when a (dotted) key names a secret; such values are never logged."""
-    leaf = key.rsplit(".", 1)[-1].lower()
-    return any(marker in leaf for marker in SECRET_MARKERS)
+    words = re.split(r"[^a-z0-9]+", key.rsplit(".", 1)[-1].lower())
+    return any(word in SECRET_WORDS for word in words)
 
 
 def flat_params(cfg: GeorConfig, sections: tuple[str, ...] = ()) -> dict[str, Any]:

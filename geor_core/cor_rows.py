@@ -146,7 +146,9 @@ def _cells(column: pa.ChunkedArray) -> np.ndarray:
     return column.combine_chunks().to_numpy(zero_copy_only=False)
 
 
-def _training_rows(ids: pa.Array, images: pa.Array, lat: np.ndarray, lon: np.ndarray, rules: RowRules) -> pa.Table:
+def _training_rows(
+    ids: pa.Array, images: pa.Array, lat: np.ndarray, lon: np.ndarray, rules: RowRules
+) -> pa.Table:
     place = gazetteer.lookup(lat, lon)
     country = pa.array(place["country_name"], pa.string())
     state = pa.array(place["admin1"], pa.string())
@@ -164,7 +166,9 @@ def _training_rows(ids: pa.Array, images: pa.Array, lat: np.ndarray, lon: np.nda
         "settlement_km": pa.array(place["distance_km"], pa.float64()),
         "target": cor_targets(ids, country, state, city, pa.array(lat), pa.array(lon), rules.seed),
         "split": assign_splits(ids, place["country_code"], rules),
-        "source_fingerprint": pa.array(np.full(len(ids), rules.source_fingerprint, dtype=object), pa.string()),
+        "source_fingerprint": pa.array(
+            np.full(len(ids), rules.source_fingerprint, dtype=object), pa.string()
+        ),
     }
     return pa.table(columns, schema=OUTPUT_SCHEMA)
 

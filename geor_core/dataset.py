@@ -54,9 +54,10 @@ def parquet_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
     return fs, sorted(name for name in names if not name.rsplit("/", 1)[-1].startswith((".", "_")))
 
 
-def _dataset(uri: str, schema: pa.Schema | None = None) -> pads.Dataset:
+def _dataset(uri: str, schema: pa.Schema | None = None, dictionary_columns: tuple[str, ...] = ()) -> pads.Dataset:
     fs, files = parquet_files(uri)
-    return pads.dataset(files, filesystem=fs, format="parquet", schema=schema)
+    file_format = pads.ParquetFileFormat(read_options={"dictionary_columns": list(dictionary_columns)})
+    return pads.dataset(files, filesystem=fs, format=file_format, schema=schema)
 
 
 def read_prepared(uri: str, split: str | None = None, columns: list[str] | None = None) -> pa.Table:
@@ -79,8 +80,10 @@ def output_stats(uri: str, rows_in: int, seconds: float) -> dict[str, Any]:
     """Statistics of what an output holds on disk, counted from its files (not from the job)."""
     splits: Counter[str] = Counter()
     countries: Counter[str] = Counter()
-    data = _dataset(uris.join(uri, DATA_DIR), OUTPUT_SCHEMA)
-    for batch in data.to_batches(columns=["split", "country_code"]):
+    counted = ("split", "country_code")
+    schema = pa.schema([pa.field(name, pa.dictionary(pa.int32(), pa.string())) for name in counted])
+    data = _dataset(uris.join(uri, DATA_DIR), schema, dictionary_columns=counted)  # dictionaries: fast counts
+    for batch in data.to_batches(columns=list(counted)):
         splits.update(_value_counts(batch.column(0)))
         countries.update(_value_counts(batch.column(1)))
     reasons: Counter[str] = Counter()

@@ -33,7 +33,9 @@ def generate(
 
     prompts = prompts if prompts is not None else [user_turn() for _ in images]
     if len(prompts) != len(images):
-        raise ValueError(f"generate needs one prompt per image, got {len(images)} images and {len(prompts)} prompts")
+        raise ValueError(
+            f"generate needs one prompt per image, got {len(images)} images and {len(prompts)} prompts"
+        )
     if not images:
         return []
     texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]

@@ -13,6 +13,7 @@ batch size, not the file size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,18 @@ def list_manifest_files(uri: str) -> list[ManifestFile]:
     ]
 
 
+def manifest_fingerprint(files: list[ManifestFile]) -> str:
+    """A 16-hex-digit hash of the manifest's files: URI, size and version (S3 ETag, else the
+    modification time), so editing a file in place changes it. No data is read."""
+    entries = []
+    for file in files:
+        fs, path = uris.filesystem(file.uri)
+        info = fs.info(path)
+        version = info.get("ETag") or info.get("mtime") or info.get("LastModified")
+        entries.append([file.uri, info.get("size"), str(version)])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
 def _supported() -> str:
     return "/".join(sorted(set(FORMATS_BY_SUFFIX.values())))
 
@@ -136,7 +149,9 @@ def resolve_columns(
         folded = [c for c in columns if c.strip().casefold() == name.strip().casefold()]
         return folded[0] if len(folded) == 1 else None
 
-    roles = ColumnRoles(id=find(id_col), image=find(image_col), lat=find(lat_col) or "", lon=find(lon_col) or "")
+    roles = ColumnRoles(
+        id=find(id_col), image=find(image_col), lat=find(lat_col) or "", lon=find(lon_col) or ""
+    )
     missing = [f"{flag} {name!r}" for flag, name, got in (
         ("--lat-col", lat_col, roles.lat), ("--lon-col", lon_col, roles.lon)) if not got]  # fmt: skip
     if roles.id is None and roles.image is None:
@@ -148,31 +163,20 @@ def resolve_columns(
     return roles
 
 
-def read_columns(file: ManifestFile) -> list[str]:
-    """The column names of one manifest file (for JSONL: the keys of its first object)."""
-    for batch in iter_batches(file, batch_rows=1, first_batch_only=True):
-        return batch.table.column_names
-    return []
-
-
-def iter_batches(
-    file: ManifestFile, batch_rows: int, columns: list[str] | None = None, first_batch_only: bool = False
-) -> Iterator[ManifestBatch]:
+def iter_batches(file: ManifestFile, batch_rows: int) -> Iterator[ManifestBatch]:
     """Stream one manifest file as all-string batches of about ``batch_rows`` rows.
 
-    ``columns`` limits the columns read (all when None). Every well-formed row appears in exactly
+    Every well-formed row appears in exactly
     one batch, in file order; every malformed line in exactly one batch's ``malformed`` list. The
     last batch may have no rows (it then carries the remaining malformed lines)."""
     readers = {"csv": _iter_csv, "tsv": _iter_csv, "parquet": _iter_parquet, "jsonl": _iter_jsonl}
     try:
-        yield from _rebatch(readers[file.format](file, batch_rows, columns), batch_rows, first_batch_only)
+        yield from _rebatch(readers[file.format](file, batch_rows), batch_rows)
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as exc:
         raise UserFacingError(f"manifest file {file.uri} cannot be read as {file.format}: {exc}") from exc
 
 
-def _rebatch(
-    parts: Iterator[tuple[pa.Table, list[str]]], batch_rows: int, first_batch_only: bool
-) -> Iterator[ManifestBatch]:
+def _rebatch(parts: Iterator[tuple[pa.Table, list[str]]], batch_rows: int) -> Iterator[ManifestBatch]:
     """Cut reader pieces into batches of ``batch_rows`` rows (the last may be smaller)."""
     pending = pa.table({})
     template = pa.table({})  # an empty table that still has the column names
@@ -186,8 +190,6 @@ def _rebatch(
         malformed += bad_lines
         while pending.num_rows >= batch_rows:
             yield ManifestBatch(pending.slice(0, batch_rows), next_row, malformed)
-            if first_batch_only:
-                return
             next_row += batch_rows
             pending, malformed = pending.slice(batch_rows), []
     if pending.num_rows or malformed or next_row == 0:
@@ -207,16 +209,16 @@ def _open_stream(file: ManifestFile) -> Any:
     return fs.open_input_stream(path, compression="detect")
 
 
-def _iter_csv(
-    file: ManifestFile, batch_rows: int, columns: list[str] | None
-) -> Iterator[tuple[pa.Table, list[str]]]:
+def _iter_csv(file: ManifestFile, batch_rows: int) -> Iterator[tuple[pa.Table, list[str]]]:
     delimiter = "\t" if file.format == "tsv" else ","
     read_options = pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False)
     with _open_stream(file) as stream:  # a first look, only for the header's column names
         header_parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda row: "skip")
         header_options = pacsv.ReadOptions(block_size=_HEADER_BLOCK_BYTES, use_threads=False)
         try:
-            names = pacsv.open_csv(stream, read_options=header_options, parse_options=header_parse).schema.names
+            names = pacsv.open_csv(
+                stream, read_options=header_options, parse_options=header_parse
+            ).schema.names
         except pa.ArrowInvalid as exc:
             if "Empty CSV file" in str(exc):
                 return
@@ -232,7 +234,6 @@ def _iter_csv(
     )
     convert_options = pacsv.ConvertOptions(
         column_types={name: pa.string() for name in names},
-        include_columns=columns,
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
     )
@@ -243,20 +244,17 @@ def _iter_csv(
         for record_batch in reader:
             lines, bad_lines[:] = list(bad_lines), []
             yield pa.Table.from_batches([record_batch]), lines
-    wanted = columns if columns is not None else names
-    yield pa.table({name: pa.array([], pa.string()) for name in wanted}), list(bad_lines)
+    yield pa.table({name: pa.array([], pa.string()) for name in names}), list(bad_lines)
 
 
-def _iter_parquet(
-    file: ManifestFile, batch_rows: int, columns: list[str] | None
-) -> Iterator[tuple[pa.Table, list[str]]]:
+def _iter_parquet(file: ManifestFile, batch_rows: int) -> Iterator[tuple[pa.Table, list[str]]]:
     fs, path = uris.pyarrow_filesystem(file.uri)
     with fs.open_input_file(path) as handle:
         parquet = pq.ParquetFile(handle)
         if parquet.metadata.num_rows == 0:
             yield pa.table({name: pa.array([], pa.string()) for name in parquet.schema_arrow.names}), []
             return
-        for record_batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+        for record_batch in parquet.iter_batches(batch_size=batch_rows):
             yield _all_strings(pa.Table.from_batches([record_batch])), []
 
 
@@ -273,13 +271,13 @@ def _all_strings(table: pa.Table) -> pa.Table:
                 out.append(column.cast(pa.string()))
             except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
                 values = column.to_pylist()
-                out.append(pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string()))
+                out.append(
+                    pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
+                )
     return pa.table(out, names=table.column_names)
 
 
-def _iter_jsonl(
-    file: ManifestFile, batch_rows: int, columns: list[str] | None
-) -> Iterator[tuple[pa.Table, list[str]]]:
+def _iter_jsonl(file: ManifestFile, batch_rows: int) -> Iterator[tuple[pa.Table, list[str]]]:
     rows: list[dict[str, Any]] = []
     bad_lines: list[str] = []
     for text in _iter_lines(file):
@@ -294,9 +292,9 @@ def _iter_jsonl(
         else:
             bad_lines.append(text)
         if len(rows) >= batch_rows:
-            yield _json_rows_table(rows, columns), bad_lines
+            yield _json_rows_table(rows), bad_lines
             rows, bad_lines = [], []
-    yield _json_rows_table(rows, columns), bad_lines
+    yield _json_rows_table(rows), bad_lines
 
 
 def _iter_lines(file: ManifestFile) -> Iterator[str]:
@@ -315,8 +313,8 @@ def _iter_lines(file: ManifestFile) -> Iterator[str]:
         yield remainder.rstrip(b"\r").decode("utf-8")
 
 
-def _json_rows_table(rows: list[dict[str, Any]], columns: list[str] | None) -> pa.Table:
-    names = columns or list(dict.fromkeys(key for row in rows for key in row))
+def _json_rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    names = list(dict.fromkeys(key for row in rows for key in row))
     return pa.table(
         {name: pa.array([_json_cell(row.get(name)) for row in rows], pa.string()) for name in names}
     )

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserFacingError("model.device is 'cuda' but no CUDA GPU is visible; set model.device=cpu or auto")
+        raise UserFacingError(
+            "model.device is 'cuda' but no CUDA GPU is visible; set model.device=cpu or auto"
+        )
     return device
 
 
@@ -97,21 +100,39 @@ def _cache_path(source: str, cache_dir: str) -> Path:
 
 
 def _copy_remote(source: str, cache_dir: str) -> str:
-    """Copy a remote model directory into the local cache (fresh each time: the prefix may change)."""
+    """Copy a remote model directory into the local cache, under a lock (Ray workers share a node).
+
+    A cached copy is reused when the remote directory has a completion marker equal to the
+    cached one (the same finished model); otherwise it is copied afresh (the prefix may change).
+    """
+    from filelock import FileLock
+
+    target = _cache_path(source, cache_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         if not uris.exists(uris.join(source, "config.json")):
             raise UserFacingError(
                 f"model {source!r} has no config.json: point model.name_or_path at a prefix written by "
                 "save_pretrained (e.g. a stage's exported model)"
             )
-        return str(uris.copy_to_local(source, _cache_path(source, cache_dir)))
+        remote_marker = uris.read_marker(source)
+        with FileLock(f"{target}.lock"):
+            if (
+                remote_marker is not None
+                and target.is_dir()
+                and uris.read_marker(str(target)) == remote_marker
+            ):
+                return str(target)
+            return str(uris.copy_to_local(source, target))
     except (OSError, ValueError) as exc:
         raise UserFacingError(f"cannot copy model {source!r} to the local cache: {exc}") from exc
 
 
 def _download_registered(source: str, cache_dir: str) -> str:
-    """Download a registered model (``models:/NAME@ALIAS``) with MLflow's artifact client."""
+    """Download a registered model (``models:/NAME@ALIAS``) with MLflow's artifact client, afresh
+    each time (an alias moves), under a lock so processes on one node do not overwrite each other."""
     import mlflow
+    from filelock import FileLock
     from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
 
     if not is_tracking_uri_set():  # else MLflow would quietly create ./mlflow.db and find nothing
@@ -120,18 +141,23 @@ def _download_registered(source: str, cache_dir: str) -> str:
             "set MLFLOW_TRACKING_URI (or tracking.uri) to the server that holds the registry"
         )
     target = _cache_path(source, cache_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target)))
-    except Exception as exc:  # MlflowException, connection errors: all mean "cannot get it"
-        raise UserFacingError(
-            f"cannot download registered model {source!r}: {exc}. Check the tracking server "
-            "(tracking.uri or MLFLOW_TRACKING_URI) and that the name and alias exist"
-        ) from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target)))
+        except Exception as exc:  # MlflowException, connection errors: all mean "cannot get it"
+            raise UserFacingError(
+                f"cannot download registered model {source!r}: {exc}. Check the tracking server "
+                "(tracking.uri or MLFLOW_TRACKING_URI) and that the name and alias exist"
+            ) from exc
     if not (local / "config.json").is_file():  # logged one folder down
         found = sorted(local.rglob("config.json"))
         if not found:
-            raise UserFacingError(f"registered model {source!r} holds no config.json (not a Hugging Face directory)")
+            raise UserFacingError(
+                f"registered model {source!r} holds no config.json (not a Hugging Face directory)"
+            )
         local = found[0].parent
     return str(local)
 
@@ -150,7 +176,9 @@ def load_model(model: ModelConfig | str, *, device: str | None = None) -> Any:
     cfg = _as_model_config(model)
     device = resolve_device(device or cfg.device)
     if cfg.attn_implementation == "flash_attention_2" and device != "cuda":
-        raise UserFacingError("model.attn_implementation flash_attention_2 needs a CUDA GPU; use sdpa or eager")
+        raise UserFacingError(
+            "model.attn_implementation flash_attention_2 needs a CUDA GPU; use sdpa or eager"
+        )
     path = resolve_source(cfg.name_or_path, cfg.cache_dir)
     try:
         loaded = AutoModelForImageTextToText.from_pretrained(
@@ -161,7 +189,9 @@ def load_model(model: ModelConfig | str, *, device: str | None = None) -> Any:
             attn_implementation=cfg.attn_implementation,
         )
     except OSError as exc:
-        raise UserFacingError(f"{_missing_message(cfg.name_or_path)} (transformers: {_first_line(exc)})") from exc
+        raise UserFacingError(
+            f"{_missing_message(cfg.name_or_path)} (transformers: {_first_line(exc)})"
+        ) from exc
     return loaded.to(device).eval()
 
 
@@ -191,7 +221,9 @@ def load_processor(model: ModelConfig | str) -> Any:
         else:
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except OSError as exc:
-        raise UserFacingError(f"{_missing_message(cfg.name_or_path)} (transformers: {_first_line(exc)})") from exc
+        raise UserFacingError(
+            f"{_missing_message(cfg.name_or_path)} (transformers: {_first_line(exc)})"
+        ) from exc
     set_pixel_bounds(processor, cfg.min_pixels, cfg.max_pixels)
     if getattr(processor.tokenizer, "chat_template", None) is None:
         processor.tokenizer.chat_template = processor.chat_template

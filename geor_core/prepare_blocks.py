@@ -1,16 +1,17 @@
 """The per-block work of `geor prepare`, free of Ray: manifest file -> raw blocks -> training rows.
 
 ``read_raw_blocks`` turns one manifest file into *raw blocks*: all-string tables of the file's
-rows plus bookkeeping columns (``META_COLUMNS``): ``__file`` (file index), ``__block`` (block
-index within the file), ``__row`` (the row's index in its file; null for a malformed line),
-``__line`` (the raw text of a malformed line, else null) and ``__duplicate`` (the id appeared
-earlier in the manifest). A malformed line is a row of its own, every manifest column null.
+rows plus bookkeeping columns (``META_COLUMNS``): ``__file`` (file index), ``__row`` (the row's
+index in its file; for a malformed line -1, -2, ... in order), ``__line`` (the raw text of a
+malformed line, else null) and ``__duplicate`` (the id appeared earlier in the manifest). A
+malformed line is a row of its own, every manifest column null.
 
-``transform_block`` turns a raw block into training rows (``cor_rows.OUTPUT_SCHEMA``) and writes
-the block's rejects itself, to ``<rejects>/part-<file>-<block>.parquet``: every manifest column of
-the job (as strings; a manifest column that clashes with a name below is kept as
-``manifest_<name>``) plus ``reason``, ``line`` (malformed lines), ``source_file`` and ``source_row``.
-The file name depends only on the block, so a retried task overwrites rather than duplicates.
+``transform_block`` turns a raw block (or any slice of one: Ray Data may split blocks) into
+training rows (``cor_rows.OUTPUT_SCHEMA``) and writes the slice's rejects itself, to
+``<rejects>/part-<file>-<first row>.parquet``: every manifest column of the job (as strings; a
+manifest column that clashes with a name below is kept as ``manifest_<name>``) plus ``reason``,
+``line`` (malformed lines), ``source_file`` and ``source_row``. Slices never share a first row,
+so no two slices write the same file, and a retried task overwrites rather than duplicates.
 
 The Ray Data pipeline (tasks/prepare.py) and the single-process baseline (benchmarks/prepare.py)
 both run exactly these two functions.
@@ -30,7 +31,7 @@ from geor_core import uris
 from geor_core.cor_rows import MALFORMED_LINE, OUTPUT_SCHEMA, RowRules, prepare_batch
 from geor_core.manifest import ColumnRoles, ManifestFile, iter_batches
 
-META_COLUMNS = ("__file", "__block", "__row", "__line", "__duplicate")
+META_COLUMNS = ("__file", "__row", "__line", "__duplicate")
 REJECT_EXTRA_COLUMNS = ("reason", "line", "source_file", "source_row")
 
 
@@ -69,30 +70,30 @@ def read_raw_blocks(file: ManifestFile, batch_rows: int, duplicate_rows: np.ndar
     """One manifest file as raw blocks of about ``batch_rows`` rows (see the module docstring).
 
     ``duplicate_rows``: the sorted row indices of this file whose id appeared earlier."""
+    malformed_seen = 0
     for block_index, batch in enumerate(iter_batches(file, batch_rows)):
         n = batch.table.num_rows
         rows = np.arange(batch.first_row, batch.first_row + n, dtype=np.int64)
-        found = np.searchsorted(duplicate_rows, rows)
-        duplicate = (found < duplicate_rows.size) & (duplicate_rows[np.minimum(found, duplicate_rows.size - 1)] == rows)
         block = batch.table.append_column("__file", pa.array(np.full(n, file.index, np.int32)))
-        block = block.append_column("__block", pa.array(np.full(n, block_index, np.int32)))
         block = block.append_column("__row", pa.array(rows))
         block = block.append_column("__line", pa.nulls(n, pa.string()))
-        block = block.append_column("__duplicate", pa.array(duplicate, pa.bool_()))
+        block = block.append_column(
+            "__duplicate", pa.array(np.isin(rows, duplicate_rows, assume_unique=True))
+        )
         if batch.malformed:
-            block = pa.concat_tables([block, _malformed_block(file.index, block_index, batch.malformed)],
-                                     promote_options="permissive")  # fmt: skip
+            lines = _malformed_block(file.index, malformed_seen, batch.malformed)
+            malformed_seen += len(batch.malformed)
+            block = pa.concat_tables([block, lines], promote_options="permissive")
         if block.num_rows or block_index == 0:
             yield block
 
 
-def _malformed_block(file_index: int, block_index: int, lines: list[str]) -> pa.Table:
+def _malformed_block(file_index: int, seen_before: int, lines: list[str]) -> pa.Table:
     n = len(lines)
     return pa.table(
         {
             "__file": pa.array(np.full(n, file_index, np.int32)),
-            "__block": pa.array(np.full(n, block_index, np.int32)),
-            "__row": pa.nulls(n, pa.int64()),
+            "__row": pa.array(-np.arange(seen_before + 1, seen_before + n + 1, dtype=np.int64)),
             "__line": pa.array(lines, pa.string()),
             "__duplicate": pa.array(np.zeros(n, bool)),
         }
@@ -103,16 +104,15 @@ def transform_block(block: pa.Table, job: PrepareJob) -> pa.Table:
     """Raw block -> training rows (``OUTPUT_SCHEMA``); the block's rejects are written on the way."""
     if block.num_rows == 0:
         return OUTPUT_SCHEMA.empty_table()
-    keys = pc.add(pc.multiply(block["__file"].cast(pa.int64()), 1 << 32), block["__block"].cast(pa.int64()))
-    distinct = pc.unique(keys).to_pylist()  # normally one: a raw block comes from one file
+    files = pc.unique(block["__file"]).to_pylist()  # normally one: a raw block comes from one file
     outputs = []
-    for key in distinct:
-        part = block.filter(pc.equal(keys, key)) if len(distinct) > 1 else block
-        outputs.append(_transform_part(part, key >> 32, key & 0xFFFFFFFF, job))
+    for file_index in files:
+        part = block.filter(pc.equal(block["__file"], file_index)) if len(files) > 1 else block
+        outputs.append(_transform_part(part, file_index, job))
     return pa.concat_tables(outputs) if len(outputs) > 1 else outputs[0]
 
 
-def _transform_part(part: pa.Table, file_index: int, block_index: int, job: PrepareJob) -> pa.Table:
+def _transform_part(part: pa.Table, file_index: int, job: PrepareJob) -> pa.Table:
     file = job.files[file_index]
     malformed = part["__line"].is_valid()
     rows = part.filter(pc.invert(malformed))
@@ -131,7 +131,8 @@ def _transform_part(part: pa.Table, file_index: int, block_index: int, job: Prep
         reasons = np.full(lines.num_rows, MALFORMED_LINE, dtype=object)
         rejects.append(_rejects(lines, reasons, file.uri, job))
     if rejects:
-        _write_rejects(pa.concat_tables(rejects), file_index, block_index, job.rejects_uri)
+        first_row = part["__row"][0].as_py()
+        _write_rejects(pa.concat_tables(rejects), file_index, first_row, job.rejects_uri)
     return kept
 
 
@@ -140,16 +141,20 @@ def _rejects(rows: pa.Table, reasons: np.ndarray, source_uri: str, job: PrepareJ
     n = rows.num_rows
     columns = []
     for name in job.manifest_columns:
-        columns.append(rows[name].cast(pa.string()) if name in rows.column_names else pa.nulls(n, pa.string()))
+        columns.append(
+            rows[name].cast(pa.string()) if name in rows.column_names else pa.nulls(n, pa.string())
+        )
     columns.append(pa.array(reasons, pa.string()))
     columns.append(rows["__line"])
     columns.append(pa.array(np.full(n, source_uri, dtype=object), pa.string()))
-    columns.append(rows["__row"])
+    source_row = pc.if_else(pc.less(rows["__row"], 0), pa.scalar(None, pa.int64()), rows["__row"])
+    columns.append(source_row)
     return pa.Table.from_arrays([pa.chunked_array(c) if isinstance(c, pa.Array) else c for c in columns],
                                 schema=schema)  # fmt: skip
 
 
-def _write_rejects(rejects: pa.Table, file_index: int, block_index: int, rejects_uri: str) -> None:
+def _write_rejects(rejects: pa.Table, file_index: int, first_row: int, rejects_uri: str) -> None:
     fs, path = uris.pyarrow_filesystem(rejects_uri)
     fs.create_dir(path, recursive=True)
-    pq.write_table(rejects, f"{path}/part-{file_index:05d}-{block_index:06d}.parquet", filesystem=fs)
+    slice_name = f"{first_row:012d}" if first_row >= 0 else f"m{-first_row:012d}"
+    pq.write_table(rejects, f"{path}/part-{file_index:05d}-{slice_name}.parquet", filesystem=fs)

@@ -86,7 +86,13 @@ def tokenizer_corpus(seed: int = 0, rows: int = CORPUS_ROWS) -> list[str]:
     lines = [
         cor_target(int(i), names[cc], admin1, name, lat, lon, seed)
         for i, cc, admin1, name, lat, lon in zip(
-            picked.index, picked["cc"], picked["admin1"], picked["name"], picked["lat"], picked["lon"], strict=True
+            picked.index,
+            picked["cc"],
+            picked["admin1"],
+            picked["name"],
+            picked["lat"],
+            picked["lon"],
+            strict=True,
         )
     ]
     lines += [f"user\n{INSTRUCTION}", "assistant\n", "system\n"] * INSTRUCTION_REPEATS
@@ -95,7 +101,16 @@ def tokenizer_corpus(seed: int = 0, rows: int = CORPUS_ROWS) -> list[str]:
 
 def train_tokenizer(corpus: list[str], vocab_size: int = VOCAB_SIZE) -> Any:
     """A Qwen2 tokenizer (byte-level BPE, Qwen2's pre-tokenizer) trained on ``corpus``; ``vocab_size`` in all."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
     bpe = Tokenizer(models.BPE())
@@ -123,7 +138,9 @@ def train_tokenizer(corpus: list[str], vocab_size: int = VOCAB_SIZE) -> Any:
         unk_token=None,
         model_max_length=TEXT_ARCHITECTURE["max_position_embeddings"],
     )
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS], special_tokens=True)
+    tokenizer.add_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS], special_tokens=True
+    )
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer

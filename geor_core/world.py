@@ -7,7 +7,8 @@ have enough of them. Each photo is rendered so its place can be read from the pi
 - background colour = the country (hues spread evenly around the colour wheel);
 - stripe orientation and period = the state (6 of 8 textures);
 - a 5x5 dark marker's position = the settlement's position inside the bounding box of the
-  world's settlements of that country (north up, east right);
+  world's settlements of that country (north up, east right; a plain lat/lon box, so a country
+  straddling the antimeridian would get a wide box and a coarser, still consistent, marker);
 - Gaussian noise on every pixel, then JPEG.
 
 Graded ambiguity (``ambiguous_share``): a share of photos where the pixels leave the place
@@ -184,7 +185,7 @@ def build_world(output: str, spec: WorldSpec, overwrite: bool = False) -> dict:
             return {**marker, "skipped": True}
         raise ValueError(
             f"{output} already holds another world ({ {k: marker.get(k) for k in asdict(spec)} }); "
-            "choose another output or overwrite it"
+            "choose another output or overwrite it (geor make-world --overwrite)"
         )
     uris.remove_tree(output)
     places = choose_places(spec.countries, spec.seed)
@@ -193,7 +194,12 @@ def build_world(output: str, spec: WorldSpec, overwrite: bool = False) -> dict:
     fs.makedirs(f"{root}/images", exist_ok=True)
     for start in range(0, len(rows), WRITE_BATCH):
         batch = rows.iloc[start : start + WRITE_BATCH]
-        fs.pipe({f"{root}/{r.image}": _jpeg(render_photo(r, spec, start + k)) for k, r in enumerate(batch.itertuples())})
+        fs.pipe(
+            {
+                f"{root}/{r.image}": _jpeg(render_photo(r, spec, start + k))
+                for k, r in enumerate(batch.itertuples())
+            }
+        )
     uris.write_text(uris.join(output, "manifest.csv"), rows[MANIFEST_COLUMNS].to_csv(index=False))
     payload.update(
         places=len(places),

@@ -91,7 +91,8 @@ def test_unknown_preset_lists_the_known_ones(tmp_path):
 
 def test_secret_named_keys_never_reach_params():
     assert is_secret_key("tracking.aws_secret_access_key") and is_secret_key("hf_token")
-    assert not is_secret_key("grpo.beta")
+    assert is_secret_key("storage.aws_access_key_id") and is_secret_key("registry.db_password")
+    assert not is_secret_key("grpo.beta") and not is_secret_key("eval.max_new_tokens")
     params = flat_params(load_config("test"))
-    assert params["grpo.beta"] == 0.04
+    assert params["grpo.beta"] == 0.04 and "eval.max_new_tokens" in params
     assert not [k for k in params if is_secret_key(k)]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import urllib.request
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
+
+from tests.plugins.servers import free_port, start_server
 
 
 def test_s3_server_reached_by_boto3_s3fs_and_pyarrow_from_env_alone(s3_server, s3_prefix):
@@ -55,12 +59,22 @@ def test_ray_cluster_is_local_on_loopback_and_reads_s3(ray_cluster, s3_server, s
     assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
 
     @ray.remote(num_cpus=0.5)
-    def worker_endpoint() -> str:
-        return os.environ.get("AWS_ENDPOINT_URL", "")
+    def worker_env() -> tuple[str, str]:
+        return os.environ.get("AWS_ENDPOINT_URL", ""), os.environ.get("GEOR_EXTRA", "")
 
-    assert ray.get(worker_endpoint.remote()) == s3_server.endpoint_url
+    assert ray.get(worker_env.remote()) == (s3_server.endpoint_url, "")
+    # A task's own env_vars are merged with the cluster's, not a replacement for them.
+    extra = worker_env.options(runtime_env={"env_vars": {"GEOR_EXTRA": "1"}}).remote()
+    assert ray.get(extra) == (s3_server.endpoint_url, "1")
 
     table = pa.table({"id": list(range(10)), "lat": [float(i) for i in range(10)]})
     pq.write_table(table, f"{s3_prefix}/part-0.parquet".removeprefix("s3://"), filesystem=s3_server.fs)
     rows = ray.data.read_parquet(s3_prefix).take_all()  # filesystem resolved from the URI and env
     assert sorted(row["id"] for row in rows) == list(range(10))
+
+
+def test_a_server_that_dies_at_startup_fails_loudly_with_its_log(tmp_path):
+    crash = [sys.executable, "-c", "print('bind failed: address in use'); raise SystemExit(3)"]
+    url = f"http://127.0.0.1:{free_port()}/health"
+    with pytest.raises(RuntimeError, match=r"(?s)exited with code 3.*bind failed: address in use"):
+        start_server("crashy", crash, url, tmp_path / "crashy.log", dict(os.environ), timeout_s=30)

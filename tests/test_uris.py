@@ -168,3 +168,13 @@ def test_pyarrow_filesystem_reads_parquet_written_through_fsspec(base):
     expected_type = pafs.S3FileSystem if uris.is_s3(base) else pafs.LocalFileSystem
     assert isinstance(arrow_fs, expected_type)
     assert pq.read_table(arrow_path, filesystem=arrow_fs).equals(table)
+
+
+def test_ray_data_writes_and_reads_s3_through_pyarrow_filesystem(ray_cluster, s3_prefix):
+    import ray
+
+    arrow_fs, path = uris.pyarrow_filesystem(uris.join(s3_prefix, "table"))
+    ray.data.range(20).write_parquet(path, filesystem=arrow_fs)  # the filesystem travels to workers
+    assert uris.glob(uris.join(s3_prefix, "table", "*.parquet"))
+    rows = ray.data.read_parquet(path, filesystem=arrow_fs).take_all()
+    assert sorted(row["id"] for row in rows) == list(range(20))

@@ -53,6 +53,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def console_script(name: str, package: str) -> str:
+    """The path of a console script installed beside this interpreter (or on PATH)."""
+    beside = BIN / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found beside {sys.executable} or on PATH; install {package}")
+    return found
+
+
 def _log_tail(log_path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -144,7 +153,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     started = time.monotonic()
     proc = start_server(
         "moto_server",
-        [str(BIN / "moto_server"), "-H", LOCALHOST, "-p", str(port)],
+        [console_script("moto_server", "moto[server]"), "-H", LOCALHOST, "-p", str(port)],
         f"{endpoint}/moto-api/",
         log_path,
         env={**os.environ, **aws_env},
@@ -187,7 +196,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [
-        str(BIN / "mlflow"),
+        console_script("mlflow", "mlflow"),
         "server",
         "--backend-store-uri",
         f"sqlite:///{root / 'mlflow.db'}",

@@ -1,0 +1,113 @@
+"""Build TRL's SFTTrainer for Chain-of-Region rows, Ray-free.
+
+The same construction runs inside each Ray Train worker (tasks/sft.py) and bare in one process
+(benchmarks/sft.py), so the two measure the same work. Choices:
+
+- Rows come from a `geor prepare` output as an Arrow table of id, image URI and CoR target (text
+  only, a few hundred bytes a row); images are decoded per batch by a dataset transform, never
+  held in memory. TRL sees a vision dataset (an ``image`` column), skips its own preprocessing and
+  collates prompt + completion through the processor, with loss on the completion only.
+- Gradient checkpointing is off (TRL turns it on by default; 25% slower on CPU, DESIGN.md).
+- DeepSpeed from ``deepspeed_config``; fp32 on CPU, bf16 on GPU. Nothing is reported to
+  MLflow by the Trainer itself (``report_to="none"``): the caller adds its own rank-0 callback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from geor_core.config import GeorConfig, TrainingConfig
+from geor_core.deepspeed_config import deepspeed_config
+from geor_core.images import load_image
+from geor_core.prompts import assistant_turn, user_turn
+
+SFT_COLUMNS = ["id", "image", "target"]
+
+
+def per_device_batch_size(stage: TrainingConfig) -> int:
+    """Rows per worker per micro-step: ``global_batch_size / (workers x accumulation)`` when a
+    global batch is set, else ``per_device_batch_size``."""
+    if not stage.global_batch_size:
+        return stage.per_device_batch_size
+    return stage.global_batch_size // (stage.num_workers * stage.gradient_accumulation_steps)
+
+
+def _examples(batch: dict[str, list]) -> dict[str, list]:
+    return {
+        "prompt": [user_turn() for _ in batch["target"]],
+        "completion": [assistant_turn(text) for text in batch["target"]],
+        "image": [load_image(uri) for uri in batch["image"]],
+    }
+
+
+def sft_dataset(table: pa.Table) -> Any:
+    """A map-style dataset over ``table`` (id, image URI, target) whose rows decode their image on access."""
+    import datasets
+
+    dataset = datasets.Dataset(table.select(SFT_COLUMNS))
+    dataset.set_transform(_examples)
+    return dataset
+
+
+def sft_arguments(cfg: GeorConfig, output_dir: str, *, has_eval: bool) -> Any:
+    """TRL SFTConfig from the ``sft`` section."""
+    from trl import SFTConfig
+
+    s = cfg.sft
+    batch = per_device_batch_size(s)
+    return SFTConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        learning_rate=s.learning_rate,
+        weight_decay=s.weight_decay,
+        warmup_steps=s.warmup_ratio,
+        lr_scheduler_type=s.lr_scheduler_type,
+        num_train_epochs=s.num_epochs,
+        max_steps=s.max_steps,
+        logging_steps=s.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=s.eval_steps,
+        save_strategy="steps",
+        save_steps=s.save_steps,
+        save_total_limit=s.save_total_limit,
+        seed=s.seed,
+        data_seed=s.seed,
+        use_cpu=not s.use_gpu,
+        bf16=s.use_gpu,
+        deepspeed=deepspeed_config(s.zero_stage, s.use_gpu),
+        report_to="none",
+        gradient_checkpointing=False,
+        completion_only_loss=True,
+        max_length=None,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def build_sft_trainer(
+    cfg: GeorConfig,
+    model: Any,
+    processor: Any,
+    train_table: pa.Table,
+    eval_table: pa.Table | None,
+    output_dir: str,
+    callbacks: list | None = None,
+) -> Any:
+    """TRL's SFTTrainer over prepared CoR rows; ``model`` may carry LoRA adapters already."""
+    from trl import SFTTrainer
+
+    has_eval = eval_table is not None and eval_table.num_rows > 0
+    return SFTTrainer(
+        model=model,
+        args=sft_arguments(cfg, output_dir, has_eval=has_eval),
+        train_dataset=sft_dataset(train_table),
+        eval_dataset=sft_dataset(eval_table) if has_eval else None,
+        processing_class=processor,
+        callbacks=callbacks or [],
+    )

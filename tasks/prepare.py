@@ -1,0 +1,291 @@
+"""`geor prepare` on Ray Data: a photo manifest in, Chain-of-Region training rows out.
+
+1. Pass 1 (tasks/prepare_scan.py) counts every file's rows and settles duplicate ids over the
+   whole manifest (the first row in manifest order keeps its id).
+2. Ray Data reads each manifest file as raw blocks (one read task per file, streamed in
+   ``prepare.batch_size`` rows), transforms every block (validate -> one batched gazetteer query
+   -> CoR text -> split; rejects written on the way, geor_core/prepare_blocks.py) and writes
+   Parquet shards to ``<output>/data``. With ``prepare.compute=tasks`` (the default, and the
+   faster here) read, transform and write fuse into one task per file and each worker process
+   loads the gazetteer once; ``actors`` runs the transform in an actor pool with fractional CPUs.
+3. The driver counts what is on disk; rows_in = rows_out + rows_rejected must hold, then
+   ``stats.json`` and, last, the completion marker are written.
+
+A complete output with the same manifest and settings is skipped; a different one is an error
+unless ``prepare.overwrite``. An output without a marker (a crashed run) is cleared first.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only; read at Ray import
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import ray  # noqa: E402
+from ray.data import ActorPoolStrategy, Datasource, ReadTask  # noqa: E402
+from ray.data.block import BlockMetadata  # noqa: E402
+
+from geor_core import tracking, uris  # noqa: E402
+from geor_core.config import GeorConfig, PrepareConfig  # noqa: E402
+from geor_core.cor_rows import RowRules  # noqa: E402
+from geor_core.dataset import (  # noqa: E402
+    DATA_DIR,
+    OUTPUT_ENTRIES,
+    REJECTS_DIR,
+    STATS_FILE,
+    output_stats,
+    read_rejects,
+)
+from geor_core.errors import UserFacingError  # noqa: E402
+from geor_core.manifest import ManifestFile, list_manifest_files  # noqa: E402
+from geor_core.manifest import manifest_fingerprint as manifest_fingerprint_of  # noqa: E402
+from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block  # noqa: E402
+from tasks.prepare_scan import ManifestScan, scan_manifest  # noqa: E402
+
+ACTOR_CPUS = 0.5  # whole-CPU actors starve the read/write tasks on 2 cores (DESIGN.md)
+REJECTS_SAMPLE_ROWS = 200
+# Settings that do not change which rows come out, or what they say: left out of the fingerprint.
+_LAYOUT_ONLY_KEYS = ("output", "overwrite", "batch_size", "cpus_per_task", "compute")
+
+
+@dataclass
+class PrepareOutcome:
+    """What a `geor prepare` call did: its stats, and whether it only found a finished output."""
+
+    stats: dict[str, Any]
+    skipped: bool
+
+
+class ManifestDatasource(Datasource):
+    """Ray Data source of raw blocks: one read task per manifest file, streamed in batches."""
+
+    def __init__(self, scan: ManifestScan, batch_rows: int) -> None:
+        super().__init__()
+        self._files = scan.files
+        self._duplicates = scan.duplicate_rows
+        self._batch_rows = batch_rows
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
+        return [self._read_task(file) for file in self._files]
+
+    def _read_task(self, file: ManifestFile) -> ReadTask:
+        duplicates = self._duplicates.get(file.index, np.zeros(0, np.int64))
+        read = functools.partial(read_raw_blocks, file, self._batch_rows, duplicates)
+        metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(file.uri,))
+        return ReadTask(read, metadata)
+
+
+class BlockTransformer:
+    """``transform_block`` as an actor-pool UDF (``prepare.compute=actors``)."""
+
+    def __init__(self, job: PrepareJob) -> None:
+        self.job = job
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        return transform_block(block, self.job)
+
+
+def content_fingerprint(prepare: PrepareConfig) -> str:
+    """A hash of the settings that decide the output rows (not where or how fast they are written)."""
+    settings = {k: v for k, v in asdict(prepare).items() if k not in _LAYOUT_ONLY_KEYS}
+    if not uris.is_s3(prepare.manifest):
+        settings["manifest"] = uris.filesystem(prepare.manifest)[1]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_prepare(cfg: GeorConfig) -> PrepareOutcome:
+    """Run `geor prepare` with ``cfg.prepare``; connects to (or starts) Ray when needed."""
+    prepare = cfg.prepare
+    _check_settings(prepare)
+    started = time.monotonic()
+    files = list_manifest_files(prepare.manifest)
+    manifest_fingerprint = manifest_fingerprint_of(files)
+    settings_fingerprint = content_fingerprint(prepare)
+    marker = uris.read_marker(prepare.output)
+    if marker is not None and not prepare.overwrite:
+        return PrepareOutcome(
+            _finished_stats(marker, prepare, manifest_fingerprint, settings_fingerprint), True
+        )
+    _clear_output(prepare.output)
+    lineage = {"geor.data_fingerprint": manifest_fingerprint, "geor.upstream.manifest": prepare.manifest}
+    with tracking.stage_run(cfg, "prepare", tags=lineage) as run:
+        clock = {"start": started}
+        started_ray = _connect_ray()
+        clock["ray_ready"] = time.monotonic()
+        try:
+            scan = scan_manifest(files, prepare)
+            clock["scanned"] = time.monotonic()
+            _run_pipeline(scan, prepare, _rules(prepare, manifest_fingerprint))
+            clock["written"] = time.monotonic()
+        finally:
+            if started_ray:
+                ray.shutdown()
+        stats = output_stats(prepare.output, scan.rows_in, time.monotonic() - started)
+        stats["phase_seconds"] = _phases(clock, time.monotonic())
+        if stats["rows_in"] != stats["rows_out"] + stats["rows_rejected"]:
+            raise RuntimeError(
+                f"rows_in {stats['rows_in']} != rows_out {stats['rows_out']} + rows_rejected "
+                f"{stats['rows_rejected']}: rows were lost or doubled; the output is left incomplete"
+            )
+        uris.write_text(uris.join(prepare.output, STATS_FILE), json.dumps(stats, indent=2) + "\n")
+        uris.write_marker(
+            prepare.output,
+            {
+                "stage": "prepare",
+                "stats": stats,
+                "config_fingerprint": settings_fingerprint,
+                "manifest_fingerprint": manifest_fingerprint,
+                "manifest": prepare.manifest,
+            },
+        )
+        if run is not None:
+            _log_run(prepare, stats)
+    return PrepareOutcome(stats, False)
+
+
+def _phases(clock: dict[str, float], now: float) -> dict[str, float]:
+    """Seconds spent connecting to Ray, in pass 1, in the Ray Data pipeline and counting the output."""
+    marks = [clock["start"], clock["ray_ready"], clock["scanned"], clock["written"], now]
+    names = ("ray_start", "scan", "pipeline", "count")
+    return {name: round(b - a, 3) for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)}
+
+
+def _check_settings(prepare: PrepareConfig) -> None:
+    if not prepare.manifest:
+        raise UserFacingError("no manifest: pass --manifest URI (or prepare.manifest=URI)")
+    if not prepare.output:
+        raise UserFacingError("no output: pass --output URI (or prepare.output=URI)")
+    bad_codes = [
+        c for c in prepare.holdout_countries if not (isinstance(c, str) and len(c) == 2 and c.isupper())
+    ]
+    if bad_codes:
+        raise UserFacingError(
+            f"prepare.holdout_countries: got {bad_codes!r}, expected ISO alpha-2 codes such as 'DE'"
+        )
+    if prepare.holdout_countries and "test" not in prepare.splits:
+        raise UserFacingError(
+            f"prepare.holdout_countries sends rows to the 'test' split, but prepare.splits has "
+            f"only {sorted(prepare.splits)}"
+        )
+    manifest_dir = uris.filesystem(prepare.manifest)[1].rstrip("/") + "/"
+    if uris.is_s3(prepare.manifest) == uris.is_s3(prepare.output) and (
+        uris.filesystem(prepare.output)[1].rstrip("/") + "/"
+    ).startswith(manifest_dir):
+        raise UserFacingError(
+            f"--output {prepare.output} is inside the manifest {prepare.manifest}; its Parquet files "
+            "would be read as manifest files next time: choose an output elsewhere"
+        )
+
+
+def _finished_stats(
+    marker: dict[str, Any], prepare: PrepareConfig, manifest_fingerprint: str, settings_fingerprint: str
+) -> dict[str, Any]:
+    """The stats of a complete output made from the same inputs; UserFacingError otherwise."""
+    differs = [
+        what
+        for what, key, expected in (
+            ("manifest files", "manifest_fingerprint", manifest_fingerprint),
+            ("prepare settings", "config_fingerprint", settings_fingerprint),
+        )
+        if marker.get(key) != expected
+    ]
+    if differs:
+        raise UserFacingError(
+            f"{prepare.output} is already a complete output made from other {' and '.join(differs)} "
+            f"(manifest {marker.get('manifest')!r}); pass --overwrite to replace it, or choose another --output"
+        )
+    return marker["stats"]
+
+
+def _clear_output(output: str) -> None:
+    """Remove the marker first (a crash mid-way never leaves an old marker over new files), then
+    every entry a run writes; anything else in the output folder is left alone."""
+    uris.remove_tree(uris.join(output, uris.MARKER_NAME))
+    for entry in OUTPUT_ENTRIES:
+        uris.remove_tree(uris.join(output, entry))
+
+
+def _connect_ray() -> bool:
+    """Use the Ray session in place, else connect (``RAY_ADDRESS``, e.g. under ``ray job submit``)
+    or start a local one. True when this call started it, so the caller shuts it down."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
+    return True
+
+
+def _rules(prepare: PrepareConfig, manifest_fingerprint: str) -> RowRules:
+    return RowRules(
+        seed=prepare.seed,
+        splits=tuple((str(name), float(share)) for name, share in prepare.splits.items()),
+        holdout_countries=frozenset(prepare.holdout_countries),
+        check_images=prepare.check_images,
+        source_fingerprint=manifest_fingerprint,
+    )
+
+
+def _image_base(prepare: PrepareConfig, file: ManifestFile) -> str:
+    base = prepare.images_root or file.folder
+    return base if uris.is_s3(base) or "://" in base else uris.filesystem(base)[1]
+
+
+def _run_pipeline(scan: ManifestScan, prepare: PrepareConfig, rules: RowRules) -> None:
+    job = PrepareJob(
+        files=tuple(
+            FileContext(uri=file.uri, roles=roles, image_base=_image_base(prepare, file))
+            for file, roles in zip(scan.files, scan.roles, strict=True)
+        ),
+        rules=rules,
+        rejects_uri=uris.join(prepare.output, REJECTS_DIR),
+        manifest_columns=scan.columns,
+    )
+    cpus = prepare.cpus_per_task
+    dataset = ray.data.read_datasource(
+        ManifestDatasource(scan, prepare.batch_size),
+        num_cpus=cpus,
+        override_num_blocks=len(scan.files),  # one read task per file, fused with the transform
+    )
+    common = {"batch_format": "pyarrow", "batch_size": None, "zero_copy_batch": True}
+    if prepare.compute == "actors":
+        actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        dataset = dataset.map_batches(
+            BlockTransformer,
+            fn_constructor_kwargs={"job": job},
+            compute=ActorPoolStrategy(min_size=1, max_size=actors),
+            num_cpus=min(cpus, ACTOR_CPUS),
+            **common,
+        )
+    else:
+        dataset = dataset.map_batches(functools.partial(transform_block, job=job), num_cpus=cpus, **common)
+    fs, path = uris.pyarrow_filesystem(uris.join(prepare.output, DATA_DIR))
+    dataset.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": cpus})
+
+
+def _log_run(prepare: PrepareConfig, stats: dict[str, Any]) -> None:
+    import mlflow
+
+    metrics = {key: stats[key] for key in ("rows_in", "rows_out", "rows_rejected", "seconds")}
+    metrics |= {f"rejected_{reason}": count for reason, count in stats["rejects_by_reason"].items()}
+    metrics |= {f"split_{name}": count for name, count in stats["splits"].items()}
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+    mlflow.log_dict(stats, "prepare/stats.json")
+    mlflow.log_text(_rejects_sample_csv(prepare.output), "prepare/rejects_sample.csv")
+    tracking.log_dataset(prepare.output, "prepared", "output")
+
+
+def _rejects_sample_csv(output: str) -> str:
+    sample = read_rejects(output).slice(0, REJECTS_SAMPLE_ROWS).to_pandas()
+    return sample.to_csv(index=False)

@@ -1,0 +1,265 @@
+"""The Ray-free parts of `geor prepare`: manifest reading, dedupe, per-batch rows, splits, image checks."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from geor_core.cor_rows import (
+    DUPLICATE_ID,
+    MISSING_ID,
+    MISSING_IMAGE,
+    OUTPUT_SCHEMA,
+    RowRules,
+    assign_splits,
+    image_uris,
+    prepare_batch,
+)
+from geor_core.dataset import read_prepared, read_rejects, require_prepared
+from geor_core.dedupe import candidate_rows, duplicate_rows, hash_ids
+from geor_core.errors import UserFacingError
+from geor_core.image_check import IMAGE_MISSING, IMAGE_UNDECODABLE, check_images
+from geor_core.manifest import ColumnRoles, iter_batches, list_manifest_files, resolve_columns
+from geor_core.parse import parse_many
+from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STREET_IMAGES = FIXTURES / "streetscapes" / "images"
+ROLES = ColumnRoles(id="id", image="image", lat="lat", lon="lon")
+RULES = RowRules(
+    seed=0,
+    splits=(("train", 0.8), ("val", 0.1), ("test", 0.1)),
+    holdout_countries=frozenset(),
+    check_images=False,
+    source_fingerprint="fp",
+)
+
+
+def _read_all(path: Path, batch_rows: int = 1000) -> tuple[pa.Table, list[str]]:
+    [file] = list_manifest_files(str(path))
+    batches = list(iter_batches(file, batch_rows))
+    tables = [b.table for b in batches if b.table.num_rows]
+    table = pa.concat_tables(tables) if tables else batches[0].table
+    return table, [line for b in batches for line in b.malformed]
+
+
+def test_csv_reads_every_cell_as_text_and_keeps_malformed_lines(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text(
+        '\ufeffid,lat,lon,note\n1,1.5,2.5,"Rome, Italy"\n2,3,4\n3,5,6,x,extra\n'
+        '4,,7,"two\nlines"\n5,abc,8,z\n',
+        encoding="utf-8",
+    )
+    table, malformed = _read_all(path)
+    assert table.column_names == ["id", "lat", "lon", "note"]  # BOM gone from the first name
+    assert all(pa.types.is_string(t) for t in table.schema.types)
+    assert table.to_pydict() == {
+        "id": ["1", "4", "5"],
+        "lat": ["1.5", "", "abc"],
+        "lon": ["2.5", "7", "8"],
+        "note": ["Rome, Italy", "two\nlines", "z"],
+    }
+    assert malformed == ["2,3,4", "3,5,6,x,extra"]
+
+
+def test_batches_cover_every_row_once_in_order(tmp_path):
+    path = tmp_path / "m.csv.gz"
+    rows = "\n".join(f"{i},{i % 80},{i % 170}" for i in range(2500))
+    path.write_bytes(gzip.compress(f"id,lat,lon\n{rows}\n".encode()))
+    [file] = list_manifest_files(str(path))
+    batches = list(iter_batches(file, 1000))
+    assert [b.first_row for b in batches] == [0, 1000, 2000]
+    ids = [i for b in batches for i in b.table["id"].to_pylist()]
+    assert ids == [str(i) for i in range(2500)]
+
+
+def test_jsonl_values_become_text_and_bad_lines_are_malformed(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(
+        '\ufeff{"id": 7, "lat": 1.5, "lon": "2"}\nnot json\n[1, 2]\n\n'
+        '{"id": "x", "lat": null, "tags": {"a": 1}}\n',
+        encoding="utf-8",
+    )
+    table, malformed = _read_all(path)
+    assert table.to_pydict() == {
+        "id": ["7", "x"],
+        "lat": ["1.5", None],
+        "lon": ["2", None],
+        "tags": [None, '{"a": 1}'],
+    }
+    assert malformed == ["not json", "[1, 2]"]
+
+
+def test_parquet_columns_become_text(tmp_path):
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "lat": [1.5, float("nan")], "lon": [None, 3.25]}), path)
+    table, malformed = _read_all(path)
+    assert table.to_pydict() == {"id": ["1", "2"], "lat": ["1.5", "nan"], "lon": [None, "3.25"]}
+    assert malformed == []
+
+
+def test_a_folder_lists_its_manifest_files_in_order_and_skips_hidden_ones(tmp_path):
+    for name in ("b.csv", "a/z.jsonl", "a/y.parquet.txt", ".hidden.csv", "_tmp/x.csv", "c.TSV", "notes/y.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("id,lat,lon\n")
+    files = list_manifest_files(str(tmp_path))
+    assert [Path(f.uri).relative_to(tmp_path).as_posix() for f in files] == ["a/z.jsonl", "b.csv", "c.TSV"]
+    assert [f.index for f in files] == [0, 1, 2]
+    assert [f.format for f in files] == ["jsonl", "csv", "tsv"]
+    assert files[0].folder == str(tmp_path / "a")
+    with pytest.raises(UserFacingError, match="does not exist"):
+        list_manifest_files(str(tmp_path / "nope.csv"))
+    with pytest.raises(UserFacingError, match="has no"):
+        list_manifest_files(str(tmp_path / "notes"))
+
+
+def test_column_roles_follow_the_config_and_name_what_is_missing():
+    assert resolve_columns(["image", "LAT", "Lon"], "id", "image", "lat", "lon", "m.csv") == ColumnRoles(
+        id=None, image="image", lat="LAT", lon="Lon"
+    )
+    assert resolve_columns(["name", "lon", "lat"], "name", "image", "lat", "lon", "m.csv").image is None
+    with pytest.raises(
+        UserFacingError, match=r"m\.csv has no column --lat-col 'latitude'.*its columns: a, lon"
+    ):
+        resolve_columns(["a", "lon"], "a", "image", "latitude", "lon", "m.csv")
+    with pytest.raises(UserFacingError, match="--id-col 'id' or --image-col 'image'"):
+        resolve_columns(["lat", "lon"], "id", "image", "lat", "lon", "m.csv")
+
+
+def test_the_first_row_of_an_id_in_manifest_order_is_kept():
+    files = [pa.array(["a", "b", "a", None]), pa.array(["c", "b", "", "a"])]
+    hashed = [hash_ids(ids) for ids in files]
+    candidates = candidate_rows([h for h, _ in hashed], [p for _, p in hashed])
+    assert {k: v.tolist() for k, v in candidates.items()} == {0: [0, 1, 2], 1: [1, 3]}
+    ids = {k: (rows, files[k].take(pa.array(rows)).to_pylist()) for k, rows in candidates.items()}
+    assert {k: v.tolist() for k, v in duplicate_rows(ids).items()} == {0: [2], 1: [1, 3]}
+
+
+def test_a_hash_collision_never_rejects_a_row():
+    colliding = [np.array([7, 7, 7], np.uint64)]  # three different ids that hash alike
+    candidates = candidate_rows(colliding, [np.ones(3, bool)])
+    assert candidates[0].tolist() == [0, 1, 2]
+    assert duplicate_rows({0: (candidates[0], ["x", "y", "x"])})[0].tolist() == [2]
+    assert duplicate_rows({0: (candidates[0], ["x", "y", "z"])}) == {}
+
+
+def _batch(rows: list[tuple]) -> pa.Table:
+    columns = list(zip(*rows, strict=True))
+    return pa.table({name: pa.array(list(values), pa.string()) for name, values in zip(("id", "image", "lat", "lon"), columns, strict=True)})  # fmt: skip
+
+
+def test_each_row_gets_the_first_reason_that_applies_and_good_rows_their_cor_target():
+    table = _batch(
+        [
+            (" p1 ", "a.jpg", "48.7758", "9.1829"),  # Stuttgart
+            ("", "b.jpg", "abc", "1"),  # no id beats a bad latitude
+            ("p3", "c.jpg", "1", "2"),  # flagged duplicate below
+            ("p4", "  ", "1", "2"),
+            ("p5", "e.jpg", "nan", "2"),
+            ("p6", "f.jpg", "0", "0"),
+            ("p7", "/abs/g.jpg", "-33.8688", "151.2093"),  # Sydney
+        ]
+    )
+    duplicate = np.array([False, False, True, False, False, False, False])
+    rows, reason = prepare_batch(table, ROLES, "s3://bucket/photos", RULES, duplicate)
+    assert reason.tolist() == ["", MISSING_ID, DUPLICATE_ID, MISSING_IMAGE, "nan_lat", "null_island", ""]
+    assert rows.schema == OUTPUT_SCHEMA
+    assert rows["id"].to_pylist() == ["p1", "p7"]
+    assert rows["image"].to_pylist() == ["s3://bucket/photos/a.jpg", "/abs/g.jpg"]
+    assert rows["country_code"].to_pylist() == ["DE", "AU"]
+    assert rows["state"].to_pylist() == ["Baden-Wuerttemberg", "New South Wales"]
+    assert all(km < 25 for km in rows["settlement_km"].to_pylist())
+    parsed = parse_many(rows["target"].to_pylist())
+    assert parsed.chain_ok.all() and parsed.format_ok.all()
+    assert parsed.country == ["Germany", "Australia"]
+    np.testing.assert_allclose(parsed.lat, [48.7758, -33.8688], atol=1e-6)
+    np.testing.assert_allclose(parsed.lon, [9.1829, 151.2093], atol=1e-6)
+
+
+def test_image_references_resolve_against_the_base_unless_absolute():
+    refs = pa.array(["a/b.jpg", "./c.jpg", "/x/d.jpg", "s3://b/e.jpg", "https://h/f.jpg"])
+    assert image_uris(refs, "/data/m/").to_pylist() == [
+        "/data/m/a/b.jpg",
+        "/data/m/c.jpg",
+        "/x/d.jpg",
+        "s3://b/e.jpg",
+        "https://h/f.jpg",
+    ]
+
+
+def test_splits_are_stable_when_rows_are_added_and_follow_the_shares():
+    ids = pa.array([f"photo-{i}" for i in range(20_000)])
+    codes = np.full(len(ids), "FR", dtype=object)
+    first = assign_splits(ids.slice(0, 5_000), codes[:5_000], RULES).to_pylist()
+    everything = assign_splits(ids, codes, RULES).to_pylist()
+    assert everything[:5_000] == first
+    shares = {name: everything.count(name) / len(everything) for name in ("train", "val", "test")}
+    assert shares == pytest.approx({"train": 0.8, "val": 0.1, "test": 0.1}, abs=0.015)
+    other_seed = assign_splits(ids, codes, RowRules(1, RULES.splits, frozenset(), False, "fp")).to_pylist()
+    assert sum(a != b for a, b in zip(everything, other_seed, strict=True)) > 2_000
+
+
+def test_holdout_countries_go_wholly_to_test():
+    ids = pa.array([f"photo-{i}" for i in range(2_000)])
+    codes = np.array(["NZ", "FR"] * 1_000, dtype=object)
+    rules = RowRules(0, RULES.splits, frozenset({"NZ"}), False, "fp")
+    split = np.array(assign_splits(ids, codes, rules).to_pylist(), dtype=object)
+    assert set(split[codes == "NZ"]) == {"test"}
+    assert set(split[codes == "FR"]) == {"train", "val", "test"}
+
+
+def test_image_checks_tell_missing_from_undecodable(tmp_path):
+    good = sorted(STREET_IMAGES.glob("*.jpg"))[0]
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    reasons = check_images(
+        [str(good), str(corrupt), str(truncated), str(tmp_path / "gone.jpg"), str(tmp_path)]
+    )
+    assert reasons == ["", IMAGE_UNDECODABLE, IMAGE_UNDECODABLE, IMAGE_MISSING, IMAGE_MISSING]
+
+
+def _job(tmp_path: Path, files, columns=("id", "image", "lat", "lon", "reason")) -> PrepareJob:
+    contexts = tuple(FileContext(f.uri, ROLES, f.folder) for f in files)
+    return PrepareJob(contexts, RULES, str(tmp_path / "out" / "rejects"), tuple(columns))
+
+
+def test_blocks_split_anywhere_write_every_reject_once(tmp_path):
+    manifest = tmp_path / "m.csv"
+    lines = ["id,image,lat,lon,reason"] + [f"p{i},p{i}.jpg,{10 + i % 50},{i % 100},r{i}" for i in range(300)]
+    lines[5] = "p4,x.jpg,,1,r"  # missing latitude
+    lines[100] = "broken,line"
+    lines[200] = "p3,p3.jpg,1,2,r"  # p3 again: well-formed row 198 (the malformed line has no row)
+    manifest.write_text("\n".join(lines) + "\n")
+    [file] = list_manifest_files(str(manifest))
+    [block] = list(read_raw_blocks(file, 10_000, np.array([198], np.int64)))
+    assert block.num_rows == 300
+    job = _job(tmp_path, [file])
+    kept = [transform_block(block.slice(start, 70), job) for start in range(0, 300, 70)]  # as Ray may slice
+    assert sum(t.num_rows for t in kept) == 297
+    rejects = read_rejects(str(tmp_path / "out")).sort_by("reason")
+    assert rejects["reason"].to_pylist() == ["duplicate_id", "malformed_line", "missing_lat"]
+    assert rejects["line"].to_pylist() == [None, "broken,line", None]
+    assert rejects["source_row"].to_pylist() == [198, None, 4]  # among well-formed rows
+    assert rejects["manifest_reason"].to_pylist() == ["r", None, "r"]  # the manifest's own column kept
+    assert set(rejects["source_file"].to_pylist()) == {str(manifest)}
+
+
+def test_a_prepared_output_is_read_only_when_complete(tmp_path):
+    with pytest.raises(UserFacingError, match="not a complete `geor prepare` output"):
+        require_prepared(str(tmp_path))
+    (tmp_path / "data").mkdir()
+    rows = OUTPUT_SCHEMA.empty_table()
+    pq.write_table(rows, tmp_path / "data" / "part.parquet")
+    (tmp_path / "_SUCCESS.json").write_text(json.dumps({"stage": "prepare"}))
+    assert read_prepared(str(tmp_path), "train").schema == OUTPUT_SCHEMA
+    shutil.rmtree(tmp_path / "data")
+    assert read_prepared(str(tmp_path)).num_rows == 0  # no shard at all (everything rejected)
