@@ -1,14 +1,16 @@
-"""Benchmark reward scoring on one core: parse + distance + format (+ chain), and with the region term.
+"""Benchmark reward scoring: on one core in process, and through the GRPO reward actor pool on Ray.
 
     python benchmarks/rewards.py [--n 1000000] [--batch-size 1024] [--group-size 4] [--seed 0]
+                                 [--section all|single_core|ray_pool] [--ray-completions 65536]
+                                 [--grpo-step-s 0.5]
 
 Builds N completions with a realistic mix (truth: real MP-16 photo coordinates labelled by the
 gazetteer, G completions per truth row as in GRPO): 70% valid
 Chain-of-Region answers near the truth (within about 0-3000 km), 8% with two coordinate pairs, 2%
 with an out-of-range pair, 10% garbage without any pair, 5% an answer without tags, 5% cut off
 inside the answer. Then scores them in batches of ``--batch-size`` with
-geor_core.rewards.score_completions, the process pinned to one CPU. Prints one JSON object with,
-per configuration, the completions scored per second by wall clock and by process CPU time
+geor_core.rewards.score_completions, the process pinned to one CPU. Prints one JSON object; its
+section ``single_core`` has, per configuration, the completions scored per second by wall clock and by process CPU time
 (``*_per_s`` / ``*_cpu_per_s``; CPU time is the fairer figure on a shared machine):
 
 - ``parse``: geor_core.parse.parse_many alone;
@@ -16,6 +18,18 @@ per configuration, the completions scored per second by wall clock and by proces
 - ``text_region``: the same plus region from the names in the answer (normalised names cached);
 - ``point_region``: the same plus region from a gazetteer lookup of the predicted point (one
   KD-tree query per batch; the gazetteer is loaded before timing).
+
+Section ``ray_pool`` (tasks/reward_actors.py, issue 7) starts a local 2-CPU Ray cluster (loopback
+only, no dashboard), with the process's CPU pinning undone, and sends the same kind of mix, as
+TRL's conversational completions, through ``RewardActorPool.score`` with the default reward
+config (the paper's product; the text region is computed too): pools of 1 and 2 actors at 0.25
+and 0.5 CPU, batches of 16, 64 (a GRPO step of the tiny preset scores 16-64 completions) and
+1024. Per pool and batch size: completions per second by wall clock over back-to-back calls and
+the per-call latency p50/p95 in ms; ``in_process`` is score_completions on the same batches in
+the driver, for the Ray overhead. ``reward_wait_share`` is the 64-completion p95 latency over
+``--grpo-step-s`` (default 0.5 s, the tiny GRPO step of DESIGN.md's prototype): issue 7's target
+is < 2% of step time. Ray's ``num_cpus`` is a reservation, not a cap: 0.25 and 0.5 differ only in
+how many actors fit. The machine's load average is printed beside, since other jobs share it.
 """
 
 from __future__ import annotations
@@ -26,7 +40,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -100,13 +114,8 @@ def per_second(n: int, work: Callable[[], None]) -> tuple[float, float]:
     return n / (time.perf_counter() - wall), n / (time.process_time() - cpu)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--group-size", type=int, default=4, help="completions per truth row (GRPO's G)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def single_core(args: argparse.Namespace) -> dict[str, object]:
+    """Completions per second of parse and score_completions, the process pinned to one CPU."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     completions, truth = build_batch(args.n, args.group_size, args.seed)  # loads the gazetteer too
@@ -154,7 +163,102 @@ def main() -> None:
         "chain": float(sample["chain"].mean()),
         "mean_text_region": float(sample["region"].mean()),
     }
-    print(json.dumps({k: round(v) if isinstance(v, float) else v for k, v in result.items()}, indent=2))
+    return {k: round(v) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def timed_calls(score: Callable[[slice], object], batch_size: int, calls: int, n: int) -> dict[str, float]:
+    """Back-to-back calls of ``score`` on consecutive batches: completions/s and latency p50/p95."""
+    latencies = []
+    for call in range(calls):
+        start = (call * batch_size) % (n - batch_size + 1)
+        began = time.perf_counter()
+        score(slice(start, start + batch_size))
+        latencies.append(time.perf_counter() - began)
+    ms = np.array(latencies) * 1000.0
+    return {
+        "per_s": round(batch_size * calls / sum(latencies)),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "calls": calls,
+    }
+
+
+def ray_pool(args: argparse.Namespace, cpus: set[int]) -> dict[str, object]:
+    """The reward actor pool on a local 2-CPU Ray cluster against score_completions in process."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)  # Ray's processes inherit the driver's pinning
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+
+    from tasks.reward_actors import RewardActorPool
+
+    texts, truth = build_batch(args.ray_completions, args.group_size, args.seed + 1)
+    completions = [[{"role": "assistant", "content": text}] for text in texts]  # as TRL sends them
+    cfg = RewardConfig()
+    columns = ("lat", "lon", "country_code", "state", "city")
+
+    def batch_args(rows: slice) -> list[object]:
+        return [completions[rows], *[truth[name][rows] for name in columns]]
+
+    def calls_for(batch_size: int) -> int:
+        return max(30, min(500, args.ray_completions // batch_size))
+
+    batch_sizes = (16, 64, 1024)
+    n = len(completions)
+    result: dict[str, object] = {
+        "reward_config": asdict(cfg),
+        "completions": n,
+        "load_average_1min_before": round(os.getloadavg()[0], 2),
+        "in_process": {
+            f"batch_{size}": timed_calls(
+                lambda rows: score_completions(*batch_args(rows), cfg=cfg), size, calls_for(size), n
+            )
+            for size in batch_sizes
+        },
+    }
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        for num_actors, cpus_per_actor in ((1, 0.25), (1, 0.5), (2, 0.25), (2, 0.5)):
+            pool = RewardActorPool(cfg, num_actors, cpus_per_actor)
+            began = time.perf_counter()
+            pool.start()
+            timings: dict[str, object] = {"start_s": round(time.perf_counter() - began, 2)}
+            for _ in range(5):  # warm-up: first calls pay for the worker's imports and caches
+                pool.score(*batch_args(slice(0, 64)))
+            for size in batch_sizes:
+                timings[f"batch_{size}"] = timed_calls(
+                    lambda rows, pool=pool: pool.score(*batch_args(rows)), size, calls_for(size), n
+                )
+            timings["stats"] = {
+                k: round(v, 3) if isinstance(v, float) else v for k, v in pool.stats().items()
+            }
+            timings["reward_wait_share"] = round(timings["batch_64"]["p95_ms"] / 1000.0 / args.grpo_step_s, 4)
+            pool.close()
+            result[f"actors_{num_actors}_cpu_{cpus_per_actor}"] = timings
+    finally:
+        ray.shutdown()
+    result["grpo_step_s"] = args.grpo_step_s
+    result["load_average_1min_after"] = round(os.getloadavg()[0], 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--group-size", type=int, default=4, help="completions per truth row (GRPO's G)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--section", choices=("all", "single_core", "ray_pool"), default="all")
+    parser.add_argument("--ray-completions", type=int, default=65_536, help="distinct completions (ray_pool)")
+    parser.add_argument("--grpo-step-s", type=float, default=0.5, help="GRPO step time to compare with")
+    args = parser.parse_args()
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    result: dict[str, object] = {}
+    if args.section in ("all", "single_core"):
+        result["single_core"] = single_core(args)
+    if args.section in ("all", "ray_pool"):
+        result["ray_pool"] = ray_pool(args, cpus)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-model": ("flows.make_tiny_model", "build the tiny random-init Qwen2.5-VL model"),
     "make-world": ("flows.make_world", "render the synthetic learnable world: JPEGs + manifest"),
     "prepare": ("flows.prepare", "manifest of photos with GPS -> Chain-of-Region training rows (Ray Data)"),
+    "grpo": (
+        "flows.grpo",
+        "GRPO with Haversine rewards from Ray reward actors (Ray Train + DeepSpeed + TRL)",
+    ),
     "sft": ("flows.sft", "supervised fine-tuning on Chain-of-Region rows (Ray Train + DeepSpeed + TRL)"),
+    "evaluate": ("flows.evaluate", "batch inference on Ray Data: metrics, reasoning review, plots, model comparison"),
+    "predict": ("flows.predict", "geolocate photos without truth: CoR text and coordinates as Parquet + CSV"),
+    "mine-hard": ("flows.mine_hard", "keep the training rows the model misses by more than a radius (GRPO hard samples)"),
 }
 
 

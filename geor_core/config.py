@@ -12,6 +12,7 @@ next to each field (``_choice`` / ``_range`` metadata), so the schema documents 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -358,6 +359,9 @@ def _coerce(path: str, value: Any, hint: Any, spec: dataclasses.Field) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: got {value!r}, expected an integer")
     elif hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: got {value!r}, expected a number")
         value = float(value)

@@ -54,7 +54,9 @@ def parquet_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
     return fs, sorted(name for name in names if not name.rsplit("/", 1)[-1].startswith((".", "_")))
 
 
-def _dataset(uri: str, schema: pa.Schema | None = None, dictionary_columns: tuple[str, ...] = ()) -> pads.Dataset:
+def _dataset(
+    uri: str, schema: pa.Schema | None = None, dictionary_columns: tuple[str, ...] = ()
+) -> pads.Dataset:
     fs, files = parquet_files(uri)
     file_format = pads.ParquetFileFormat(read_options={"dictionary_columns": list(dictionary_columns)})
     return pads.dataset(files, filesystem=fs, format=file_format, schema=schema)

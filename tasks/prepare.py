@@ -6,8 +6,10 @@
    ``prepare.batch_size`` rows), transforms every block (validate -> one batched gazetteer query
    -> CoR text -> split; rejects written on the way, geor_core/prepare_blocks.py) and writes
    Parquet shards to ``<output>/data``. With ``prepare.compute=tasks`` (the default, and the
-   faster here) read, transform and write fuse into one task per file and each worker process
-   loads the gazetteer once; ``actors`` runs the transform in an actor pool with fractional CPUs.
+   faster here) and at least as many files as CPUs, read, transform and write fuse into one task
+   per file; with fewer files (one big CSV) the read streams blocks to parallel transform tasks.
+   Each worker process loads the gazetteer once. ``actors`` runs the transform in an actor pool
+   with fractional CPUs (slower here: blocks cross the object store).
 3. The driver counts what is on disk; rows_in = rows_out + rows_rejected must hold, then
    ``stats.json`` and, last, the completion marker are written.
 
@@ -51,6 +53,7 @@ from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, t
 from tasks.prepare_scan import ManifestScan, scan_manifest  # noqa: E402
 
 ACTOR_CPUS = 0.5  # whole-CPU actors starve the read/write tasks on 2 cores (DESIGN.md)
+STREAMING_READ_CPUS = 0.25  # a read task that only parses, feeding transform tasks
 REJECTS_SAMPLE_ROWS = 200
 # Settings that do not change which rows come out, or what they say: left out of the fingerprint.
 _LAYOUT_ONLY_KEYS = ("output", "overwrite", "batch_size", "cpus_per_task", "compute")
@@ -133,6 +136,7 @@ def run_prepare(cfg: GeorConfig) -> PrepareOutcome:
         finally:
             if started_ray:
                 ray.shutdown()
+        clock["ray_stopped"] = time.monotonic()
         stats = output_stats(prepare.output, scan.rows_in, time.monotonic() - started)
         stats["phase_seconds"] = _phases(clock, time.monotonic())
         if stats["rows_in"] != stats["rows_out"] + stats["rows_rejected"]:
@@ -157,9 +161,17 @@ def run_prepare(cfg: GeorConfig) -> PrepareOutcome:
 
 
 def _phases(clock: dict[str, float], now: float) -> dict[str, float]:
-    """Seconds spent connecting to Ray, in pass 1, in the Ray Data pipeline and counting the output."""
-    marks = [clock["start"], clock["ray_ready"], clock["scanned"], clock["written"], now]
-    names = ("ray_start", "scan", "pipeline", "count")
+    """Seconds spent starting (or joining) Ray, in pass 1, in the Ray Data pipeline, stopping the
+    Ray instance this run started (0 when it joined one) and counting the output."""
+    marks = [
+        clock["start"],
+        clock["ray_ready"],
+        clock["scanned"],
+        clock["written"],
+        clock["ray_stopped"],
+        now,
+    ]
+    names = ("ray_start", "scan", "pipeline", "ray_stop", "count")
     return {name: round(b - a, 3) for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)}
 
 
@@ -253,14 +265,19 @@ def _run_pipeline(scan: ManifestScan, prepare: PrepareConfig, rules: RowRules) -
         manifest_columns=scan.columns,
     )
     cpus = prepare.cpus_per_task
+    cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+    # As many files as CPUs: read, transform and write fuse into one task per file (the fastest
+    # layout, and no block crosses the object store). Fewer files (one big CSV): a light read
+    # task streams blocks to parallel transform-and-write tasks, one output shard per block.
+    fused = prepare.compute == "tasks" and len(scan.files) >= cluster_cpus
     dataset = ray.data.read_datasource(
         ManifestDatasource(scan, prepare.batch_size),
-        num_cpus=cpus,
-        override_num_blocks=len(scan.files),  # one read task per file, fused with the transform
+        num_cpus=cpus if fused else min(cpus, STREAMING_READ_CPUS),
+        override_num_blocks=len(scan.files),  # one read task per file, never split further
     )
     common = {"batch_format": "pyarrow", "batch_size": None, "zero_copy_batch": True}
     if prepare.compute == "actors":
-        actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actors = max(1, int(cluster_cpus))
         dataset = dataset.map_batches(
             BlockTransformer,
             fn_constructor_kwargs={"job": job},

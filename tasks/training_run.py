@@ -3,14 +3,22 @@ worker starts, and a fault-injection hook for testing recovery."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from geor_core import uris
-from geor_core.config import TrainingConfig
+from geor_core.config import GeorConfig, TrainingConfig
+from geor_core.dataset import require_prepared
+from geor_core.deepspeed_config import deepspeed_config
 from geor_core.errors import UserFacingError
 from geor_core.models import resolve_source
+from geor_core.tracking import log_dataset, stage_run, tracking_env
 
 FAULT_STEP_ENV = "GEOR_FAULT_KILL_AT_STEP"  # "STEP:RANK:FLAG_FILE": exit once at STEP on RANK
 
@@ -111,3 +119,163 @@ class FaultInjectionCallback:
                     os._exit(1)
 
         return [_Kill()]
+
+
+def prepare_worker(config: dict[str, Any]) -> tuple[Any, Path]:
+    """First thing in a worker: its env, a clean scratch folder shared by the node's ranks."""
+    import ray.train
+    import torch.distributed as dist
+
+    os.environ.update(config["env"])
+    context = ray.train.get_context()
+    scratch = Path(config["scratch"])
+    if context.get_local_rank() == 0:
+        shutil.rmtree(scratch, ignore_errors=True)  # stale checkpoints of a failed attempt
+        scratch.mkdir(parents=True)
+    if dist.is_initialized():
+        dist.barrier()
+    return context, scratch
+
+
+def train_with_resume(trainer: Any) -> int:
+    """``trainer.train()``, from Ray's latest checkpoint when there is one; returns its step (0: fresh)."""
+    import ray.train
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        trainer.train()
+        return 0
+    with checkpoint.as_directory() as directory:
+        hf_checkpoint = os.path.join(directory, RayTrainReportCallback.CHECKPOINT_NAME)
+        state = Path(hf_checkpoint) / "trainer_state.json"
+        resumed_from = int(json.loads(state.read_text()).get("global_step", 0)) if state.is_file() else 0
+        trainer.train(resume_from_checkpoint=hf_checkpoint)
+    return resumed_from
+
+
+def export_and_report(
+    trainer: Any, processor: Any, *, lora: bool, scratch: Path, export_uri: str, marker: dict[str, Any]
+) -> None:
+    """Export the final model in Hugging Face format (rank 0 publishes it, marker last), then the
+    final report every rank makes. Under ZeRO-3 ``save_model`` gathers the shards (a collective);
+    LoRA adapters are merged so plain transformers loads the export."""
+    import ray.train
+    import torch.distributed as dist
+
+    from geor_core.export import publish_model_dir
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    export_dir = scratch / "export"
+    if lora:
+        if rank == 0:
+            trainer.model.merge_and_unload().save_pretrained(export_dir, safe_serialization=True)
+    else:
+        trainer.save_model(str(export_dir))
+    if rank == 0:
+        processor.save_pretrained(str(export_dir))
+        history = trainer.state.log_history
+        metrics: dict[str, float] = {}
+        for entry in history:
+            metrics.update({k: float(v) for k, v in entry.items() if isinstance(v, int | float)})
+        publish_model_dir(
+            export_dir,
+            export_uri,
+            {"global_step": trainer.state.global_step, "metrics": metrics, "log_history": history, **marker},
+        )
+    if dist.is_initialized():
+        dist.barrier()
+    ray.train.report({"global_step": trainer.state.global_step})
+    if context.get_local_rank() == 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+MODEL_DIR = "model"
+
+
+@dataclass
+class TrainingResult:
+    """What a training stage produced: the HF export and how the run went."""
+
+    export_uri: str
+    skipped: bool
+    global_step: int
+    resumed_from_step: int
+    metrics: dict[str, Any]
+
+
+def check_training_inputs(cfg: GeorConfig, stage: str, data_uri: str, model_uri: str) -> dict[str, Any]:
+    """Everything that can be wrong before a worker starts; returns the data's marker."""
+    marker = require_prepared(data_uri)
+    splits = marker.get("stats", marker).get("splits", {})
+    if not splits.get("train"):
+        raise UserFacingError(f"{data_uri} has an empty train split (splits: {splits}); nothing to train on")
+    check_model_source(model_uri)
+    check_resources(getattr(cfg, stage))
+    return marker
+
+
+def launch_training(
+    cfg: GeorConfig,
+    stage: str,
+    worker_loop: Any,
+    data_uri: str,
+    model_uri: str,
+    output_uri: str,
+    *,
+    metric: str,
+    mode: str,
+    overwrite: bool = False,
+) -> TrainingResult:
+    """Run ``worker_loop`` on a Ray Train TorchTrainer for ``stage`` ("sft" or "grpo"), inside the
+    stage's MLflow run; skip when ``<output>/model`` is complete; resume when checkpoints exist."""
+    export_uri = uris.join(output_uri, MODEL_DIR)
+    if overwrite:
+        uris.remove_tree(output_uri)
+    done = uris.read_marker(export_uri)
+    if done is not None:
+        print(f"geor {stage}: {export_uri} is complete (step {done.get('global_step')}); skipped")
+        return TrainingResult(export_uri, True, int(done.get("global_step", 0)), 0, done.get("metrics", {}))
+    check_training_inputs(cfg, stage, data_uri, model_uri)
+    from ray.train.torch import TorchTrainer
+
+    settings = getattr(cfg, stage)
+    tags = {"geor.upstream.data": data_uri, "geor.upstream.model": model_uri, "geor.export_uri": export_uri}
+    with stage_run(cfg, stage, training=True, tags=tags) as run:
+        if run is not None:
+            import mlflow
+
+            log_dataset(data_uri, f"{stage}-data", "training")
+            mlflow.log_dict(deepspeed_config(settings.zero_stage, settings.use_gpu), "deepspeed_config.json")
+        loop_config = {
+            "cfg": cfg.to_dict(),
+            "data_uri": data_uri,
+            "model_uri": model_uri,
+            "export_uri": export_uri,
+            "run_id": run.info.run_id if run is not None else None,
+            "env": worker_env(tracking_env(cfg)),
+            "scratch": str(Path(tempfile.gettempdir()) / f"geor-{stage}-{uuid.uuid4().hex[:12]}"),
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker=worker_loop,
+            train_loop_config=loop_config,
+            scaling_config=scaling_config(settings),
+            run_config=run_config(settings, output_uri, stage, metric=metric, mode=mode),
+        )
+        result = trainer.fit()
+        marker = uris.read_marker(export_uri) or {}
+        if run is not None:
+            import mlflow
+
+            final = {k: float(v) for k, v in marker.get("metrics", {}).items()}
+            mlflow.log_metrics({f"final/{k}": v for k, v in final.items()})
+            if result.checkpoint is not None:
+                mlflow.set_tag("geor.last_checkpoint", result.checkpoint.path)
+    return TrainingResult(
+        export_uri,
+        False,
+        int(marker.get("global_step", 0)),
+        int(marker.get("resumed_from_step", 0)),
+        dict(marker.get("metrics", {})),
+    )

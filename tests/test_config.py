@@ -43,6 +43,11 @@ def test_test_preset_extends_tiny_and_overrides_win():
     assert cfg.model.lora.enabled is True
 
 
+def test_exponent_floats_without_a_dot_are_numbers():
+    cfg = load_config("test", ["grpo.learning_rate=1e-6", "sft.learning_rate=3E-3"])
+    assert cfg.grpo.learning_rate == 1e-6 and cfg.sft.learning_rate == 3e-3
+
+
 def test_typed_values_from_flags_are_not_reparsed():
     cfg = load_config("test", values={"prepare.lat_col": "on", "prepare.manifest": "s3://b/m.csv"})
     assert cfg.prepare.lat_col == "on" and cfg.prepare.manifest == "s3://b/m.csv"

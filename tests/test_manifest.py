@@ -106,7 +106,15 @@ def test_parquet_columns_become_text(tmp_path):
 
 
 def test_a_folder_lists_its_manifest_files_in_order_and_skips_hidden_ones(tmp_path):
-    for name in ("b.csv", "a/z.jsonl", "a/y.parquet.txt", ".hidden.csv", "_tmp/x.csv", "c.TSV", "notes/y.txt"):
+    for name in (
+        "b.csv",
+        "a/z.jsonl",
+        "a/y.parquet.txt",
+        ".hidden.csv",
+        "_tmp/x.csv",
+        "c.TSV",
+        "notes/y.txt",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("id,lat,lon\n")
     files = list_manifest_files(str(tmp_path))

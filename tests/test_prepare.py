@@ -73,7 +73,7 @@ def test_im2gps3k_keeps_every_row_with_coordinates_and_rejects_the_rest(im2gps3k
     assert marker["stats"] == stats and marker["manifest_fingerprint"] == rows["source_fingerprint"].iloc[0]
 
 
-def test_an_actor_pool_gives_the_same_rows_as_fused_tasks(im2gps3k, tmp_path):
+def test_an_actor_pool_gives_the_same_rows_as_tasks(im2gps3k, tmp_path):
     output, _ = im2gps3k
     outcome = _prepare(
         FIXTURES / "im2gps3k.csv", tmp_path / "out", "prepare.id_col=image_id", "prepare.compute=actors"

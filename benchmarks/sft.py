@@ -1,0 +1,436 @@
+"""Benchmark `geor sft` on Ray Train against bare TRL + DeepSpeed in one process, same work.
+
+    python benchmarks/sft.py [--steps 200] [--rows 600] [--repeats 2] [--zero-stage 2]
+
+Builds the tiny model and a prepared synthetic world once (``geor make-tiny-model``, ``geor
+make-world``, ``geor prepare``, cached under ``--workdir``), then runs, each in its own process
+tree and interleaved ``--repeats`` times:
+
+- ``bare``: ``build_sft_trainer`` (the same construction the Ray workers use) + DeepSpeed in one
+  process, no Ray (RANK/WORLD_SIZE/MASTER_* set, as a launcher would); exports the model at the end
+  like the stage does;
+- ``ray_1_worker``: ``tasks.sft.run_sft`` on a fresh local cluster (2 CPUs), 1 worker holding both;
+- ``ray_2_workers``: the same, 2 workers of 1 CPU each, per-device batch halved.
+
+Same model, data, DeepSpeed config, global batch and steps everywhere (preset ``test`` plus the
+overrides in ``sft_overrides``); no MLflow (``MLFLOW_TRACKING_URI`` unset); checkpoint and eval
+intervals beyond ``--steps``, so the only save is the Trainer's final one. Ray's workers run at
+nice 0, like the baseline (Ray's default is nice 15, which on a shared machine decides the race).
+
+Per-step time comes from the Trainer itself: a TrainerCallback records a timestamp at every
+``on_step_end``; steady state is the mean over the steps after ``--warmup``. In the Ray runs the
+callback is attached by a thin wrapper around the stage's own worker loop (``sft_worker_loop``,
+unchanged), which writes the timings to a file. Fixed costs come from the same clock: process
+start, ``ray.init``, worker group start, model/data load, DeepSpeed init, export, teardown. The
+parent samples the CPU time of every process of each run's tree (driver, Ray daemons, workers),
+to show where CPU goes during the steady-state steps.
+
+Prints one JSON object: every run, the best of each configuration, and the ratios. Stop it with
+Ctrl-C (SIGINT), which reaches the child and lets a Ray driver shut its cluster down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = "test"
+RAY_CPUS = 2
+CONFIGS = {"bare": 1, "ray_1_worker": 1, "ray_2_workers": 2}  # name -> workers
+
+
+class StepTimer(TrainerCallback):
+    """Wall-clock marks of one training process: trainer built, train begin/end, every step end."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self.step_ends: list[float] = []
+        self.step_cpu: list[float] = []  # this process's CPU seconds (all threads) at each step end
+        self.setup: dict[str, Any] = {}
+
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.marks["trainer_built"] = time.time()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch
+        import torch.distributed as dist
+
+        self.marks["train_begin"] = time.time()
+        self.setup = {
+            "torch_threads": torch.get_num_threads(),
+            "backend": dist.get_backend() if dist.is_initialized() else None,
+            "world_size": args.world_size,
+            "per_device_batch": args.per_device_train_batch_size,
+            "niceness": os.nice(0),
+        }
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.step_ends.append(time.time())
+        self.step_cpu.append(time.process_time())
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.marks["train_end"] = time.time()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "marks": self.marks,
+            "step_ends": self.step_ends,
+            "step_cpu": self.step_cpu,
+            "setup": self.setup,
+        }
+
+
+def sft_overrides(steps: int, workers: int, zero_stage: int, global_batch: int) -> list[str]:
+    """The benchmark's settings on top of the ``test`` preset (the same for every configuration)."""
+    return [
+        f"sft.max_steps={steps}",
+        f"sft.eval_steps={steps * 10}",  # no eval and no checkpoint inside the timed steps
+        f"sft.save_steps={steps * 10}",
+        "sft.logging_steps=25",
+        f"sft.global_batch_size={global_batch}",
+        f"sft.num_workers={workers}",
+        f"sft.cpus_per_worker={RAY_CPUS / workers}",
+        f"sft.zero_stage={zero_stage}",
+        "sft.max_failures=0",
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_bare(args: argparse.Namespace) -> dict[str, Any]:
+    """One process: TRL's SFTTrainer + DeepSpeed as the stage builds it, then the HF export."""
+    os.environ.update(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+    )  # fmt: skip
+    from geor_core.config import load_config
+    from geor_core.dataset import read_prepared
+    from geor_core.models import apply_lora, load_model, load_processor
+    from geor_core.sft_setup import SFT_COLUMNS, build_sft_trainer
+
+    timer = StepTimer()
+    timer.marks["loop_entry"] = time.time()
+    cfg = load_config(PRESET, sft_overrides(args.steps, 1, args.zero_stage, args.global_batch))
+    cfg.model.name_or_path = args.model
+    processor = load_processor(cfg.model)
+    model = apply_lora(load_model(cfg.model), cfg.model.lora)
+    train = read_prepared(args.data, "train", SFT_COLUMNS)
+    val = read_prepared(args.data, "val", SFT_COLUMNS).slice(0, cfg.sft.val_rows)
+    timer.marks["build_start"] = time.time()
+    output = Path(args.output)
+    trainer = build_sft_trainer(cfg, model, processor, train, val, str(output / "trainer"), [timer])
+    metrics = trainer.train().metrics
+    trainer.save_model(str(output / "export"))
+    processor.save_pretrained(str(output / "export"))
+    timer.marks["loop_exit"] = time.time()
+    return {"worker": timer.as_dict(), "train_metrics": metrics}
+
+
+def timed_worker_loop(timings_dir: str) -> Any:
+    """The stage's own Ray Train worker loop, with a StepTimer added to the trainer's callbacks and
+    the worker's marks written to ``timings_dir/rank<N>.json``."""
+
+    def loop(config: dict[str, Any]) -> None:
+        import ray.train
+
+        import geor_core.sft_setup as sft_setup
+        from tasks import sft as sft_task
+
+        entered = time.time()
+        timer = StepTimer()
+        build = sft_setup.build_sft_trainer
+
+        def build_with_timer(*a: Any, **kw: Any) -> Any:
+            timer.marks["build_start"] = time.time()
+            bound = inspect.signature(build).bind(*a, **kw)
+            bound.arguments["callbacks"] = [*(bound.arguments.get("callbacks") or []), timer]
+            return build(*bound.args, **bound.kwargs)
+
+        sft_setup.build_sft_trainer = build_with_timer
+        sft_task.sft_worker_loop(config)
+        record = timer.as_dict()
+        record["marks"].update(loop_entry=entered, loop_exit=time.time())
+        rank = ray.train.get_context().get_world_rank()
+        Path(timings_dir, f"rank{rank}.json").write_text(json.dumps(record))
+
+    return loop
+
+
+def run_ray(args: argparse.Namespace, marks: dict[str, float]) -> dict[str, Any]:
+    """``tasks.sft.run_sft`` unchanged on a fresh local cluster, its worker loop timed."""
+    from unittest import mock
+
+    import ray
+
+    from geor_core import uris
+    from geor_core.config import load_config
+    from tasks import sft as sft_task
+
+    cfg = load_config(PRESET, sft_overrides(args.steps, args.workers, args.zero_stage, args.global_batch))
+    timings = Path(args.output) / "timings"
+    timings.mkdir(parents=True, exist_ok=True)
+    marks["driver_ready"] = time.time()
+    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        marks["ray_ready"] = time.time()
+        with mock.patch.object(sft_task, "sft_worker_loop", timed_worker_loop(str(timings))):
+            result = sft_task.run_sft(
+                cfg, args.data, args.model, str(Path(args.output) / "run"), overwrite=True
+            )
+        marks["run_returned"] = time.time()
+    finally:
+        ray.shutdown()
+    marks["ray_shutdown"] = time.time()
+    marker = uris.read_marker(result.export_uri) or {}
+    workers = [json.loads(p.read_text()) for p in sorted(timings.glob("rank*.json"))]
+    return {"worker": workers[0], "other_workers": workers[1:], "train_metrics": marker.get("metrics", {}),
+            "global_step": result.global_step}  # fmt: skip
+
+
+def child_main(args: argparse.Namespace) -> None:
+    marks = {"launched": args.launched_at, "script_start": time.time()}
+    record = run_bare(args) if args.child == "bare" else run_ray(args, marks)
+    record["marks"] = marks
+    Path(args.result).write_text(json.dumps(record))
+
+
+# ---------------------------------------------------------------- the parent: build, run, report
+
+
+def build_inputs(work: Path, rows: int, countries: int, env: dict[str, str]) -> tuple[str, str]:
+    """The tiny model and a prepared world under ``work`` (built once, reused)."""
+    model, world, prepared = (
+        work / "model",
+        work / f"world-{rows}-{countries}",
+        work / f"prepared-{rows}-{countries}",
+    )
+    steps = [
+        (model / "config.json", ["make-tiny-model", "--output", str(model)]),
+        (
+            world / "manifest.csv",
+            ["make-world", "--output", str(world), "--rows", str(rows), "--countries", str(countries)],
+        ),  # fmt: skip
+        (
+            prepared / "_SUCCESS.json",
+            ["prepare", "--manifest", str(world / "manifest.csv"), "--output", str(prepared)],
+        ),  # fmt: skip
+    ]
+    for done, command in steps:
+        if not done.exists():
+            subprocess.run([sys.executable, "-m", "flows", *command, "--config", PRESET], check=True,
+                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL)  # fmt: skip
+    return str(model), str(prepared)
+
+
+def _process_group(proc: Any) -> str:
+    """A short name for a process of a run's tree: driver, gcs_server, raylet, a Ray worker's title."""
+    try:
+        words = proc.cmdline()
+    except Exception:
+        return "?"
+    first = words[0] if words else proc.name()
+    if first.startswith("ray::"):
+        return first.split(" ")[0][:40]
+    if first.endswith(("python", "python3", "python3.11")) and len(words) > 1:
+        script = next((w for w in words[1:] if w.endswith(".py")), words[1])
+        return f"python {Path(script).name}"
+    return Path(first).name[:40]
+
+
+def measure(command: list[str], env: dict[str, str], log: Path) -> tuple[float, list]:
+    """Run ``command``; return its wall seconds and CPU samples ``[(time, {group: cpu_s})]`` of its
+    whole process tree, every 0.5 s (each process's CPU counted under its latest name)."""
+    import psutil
+
+    samples: list[tuple[float, dict[str, float]]] = []
+    cpu_by_pid: dict[int, tuple[str, float]] = {}
+    started = time.time()
+    with log.open("w") as output:
+        proc = subprocess.Popen(command + ["--launched-at", str(started)], stdout=output, stderr=output,
+                                env=env, cwd=ROOT, start_new_session=True)  # fmt: skip
+    root = psutil.Process(proc.pid)
+    try:
+        while proc.poll() is None:
+            try:
+                family = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for member in family:
+                try:
+                    times = member.cpu_times()
+                    cpu_by_pid[member.pid] = (_process_group(member), times.user + times.system)
+                except psutil.Error:
+                    continue
+            groups: dict[str, float] = {}
+            for group, seconds in cpu_by_pid.values():
+                groups[group] = groups.get(group, 0.0) + seconds
+            samples.append((time.time(), groups))
+            time.sleep(0.5)
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        raise
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed with exit code {proc.returncode}; see {log}")
+    return time.time() - started, samples
+
+
+def cores_in_window(samples: list, start: float, end: float) -> dict[str, float]:
+    """Average cores used by each process group between ``start`` and ``end`` (from CPU samples)."""
+    before = max((s for s in samples if s[0] <= start), key=lambda s: s[0], default=samples[0])
+    after = min((s for s in samples if s[0] >= end), key=lambda s: s[0], default=samples[-1])
+    span = max(after[0] - before[0], 1e-9)
+    used = {g: (after[1].get(g, 0.0) - before[1].get(g, 0.0)) / span for g in after[1]}
+    return {g: round(c, 3) for g, c in sorted(used.items(), key=lambda kv: -kv[1]) if c >= 0.005}
+
+
+def summarise(
+    record: dict[str, Any], seconds: float, samples: list, steps: int, warmup: int
+) -> dict[str, Any]:
+    """Per-step and fixed costs of one run, from its marks (all wall-clock, same machine)."""
+    worker, marks = record["worker"], record["marks"]
+    w_marks, ends, cpu = worker["marks"], worker["step_ends"], worker["step_cpu"]
+    if len(ends) != steps:
+        raise SystemExit(f"expected {steps} step timestamps, got {len(ends)}")
+    steady = (ends[-1] - ends[warmup - 1]) / (steps - warmup)
+    gaps = sorted(b - a for a, b in zip(ends[warmup - 1 : -1], ends[warmup:], strict=True))
+    launched = marks["launched"]
+    phases = {"python_start_and_imports": marks.get("driver_ready", w_marks["loop_entry"]) - launched}
+    if "ray_ready" in marks:
+        phases.update(
+            ray_init=marks["ray_ready"] - marks["driver_ready"],
+            worker_group_start=w_marks["loop_entry"] - marks["ray_ready"],
+        )
+    phases.update(
+        model_and_data_load=w_marks["build_start"] - w_marks["loop_entry"],
+        trainer_build=w_marks["trainer_built"] - w_marks["build_start"],
+        deepspeed_init=w_marks["train_begin"] - w_marks["trainer_built"],
+        steps=ends[-1] - w_marks["train_begin"],
+        final_save_and_train_end=w_marks["train_end"] - ends[-1],
+        export=w_marks["loop_exit"] - w_marks["train_end"],
+    )
+    if "ray_ready" in marks:
+        phases.update(
+            worker_group_stop=marks["run_returned"] - w_marks["loop_exit"],
+            ray_shutdown=marks["ray_shutdown"] - marks["run_returned"],
+        )
+    phases["process_exit"] = launched + seconds - marks.get("ray_shutdown", w_marks["loop_exit"])
+    metrics = record["train_metrics"]
+    return {
+        "steady_s_per_step": round(steady, 5),
+        "median_s_per_step": round(gaps[len(gaps) // 2], 5),
+        "worker_cpu_s_per_step": round((cpu[-1] - cpu[warmup - 1]) / (steps - warmup), 5),
+        "first_steps_s": round(ends[warmup - 1] - w_marks["train_begin"], 2),
+        "trainer_s_per_step": round(metrics["train_runtime"] / steps, 5),  # includes the final save
+        "end_to_end_s": round(seconds, 2),
+        "fixed_s": round(seconds - steady * steps, 2),
+        "phases_s": {k: round(v, 2) for k, v in phases.items()},
+        "cores_during_steady_steps": cores_in_window(samples, ends[warmup - 1], ends[-1]),
+        "setup": worker["setup"],
+    }
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20, help="steps left out of the steady state")
+    parser.add_argument("--rows", type=int, default=600, help="rows of the synthetic world")
+    parser.add_argument("--countries", type=int, default=4)
+    parser.add_argument("--global-batch", type=int, default=8)
+    parser.add_argument("--zero-stage", type=int, choices=(0, 2, 3), default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
+    parser.add_argument("--workdir", default="/tmp/geor-sft-bench")
+    for hidden in ("--child", "--model", "--data", "--output", "--result", "--workers", "--launched-at"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS, type=float if hidden == "--launched-at" else None)
+    args = parser.parse_args()
+    if args.child:
+        args.workers = int(args.workers)
+        child_main(args)
+        return
+    if not 0 < args.warmup < args.steps:
+        raise SystemExit(f"--warmup {args.warmup} must be between 1 and --steps - 1 ({args.steps - 1})")
+    if args.global_batch % 2:
+        raise SystemExit(f"--global-batch {args.global_batch} must be even (2 workers share it)")
+    names = args.configs.split(",")
+    if unknown := set(names) - set(CONFIGS):
+        raise SystemExit(f"--configs: unknown {sorted(unknown)}; allowed: {', '.join(CONFIGS)}")
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", RAY_worker_niceness="0",
+               PYTHONPATH=str(ROOT))  # fmt: skip
+    model, data = build_inputs(work, args.rows, args.countries, env)
+
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        for name in names:  # interleaved, so drifting load hits every configuration alike
+            out = work / f"{name}-{repeat}"
+            command = [sys.executable, __file__, "--child", "bare" if name == "bare" else "ray",
+                       "--workers", str(CONFIGS[name]), "--model", model, "--data", data, "--output", str(out),
+                       "--result", str(work / f"{name}-{repeat}.json"), "--steps", str(args.steps),
+                       "--global-batch", str(args.global_batch), "--zero-stage", str(args.zero_stage)]  # fmt: skip
+            load_before = os.getloadavg()[0]
+            seconds, samples = measure(command, env, work / f"{name}-{repeat}.log")
+            record = json.loads((work / f"{name}-{repeat}.json").read_text())
+            summary = summarise(record, seconds, samples, args.steps, args.warmup)
+            summary["loadavg_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            runs[name].append(summary)
+            print(
+                f"{name} #{repeat}: {summary['steady_s_per_step']} s/step, {seconds:.1f} s", file=sys.stderr
+            )
+
+    best = {
+        name: {
+            key: min(r[key] for r in found)
+            for key in ("steady_s_per_step", "median_s_per_step", "end_to_end_s", "fixed_s")
+        }
+        for name, found in runs.items()
+    }
+    result: dict[str, Any] = {
+        "preset": PRESET,
+        "overrides": {
+            name: sft_overrides(args.steps, CONFIGS[name], args.zero_stage, args.global_batch)
+            for name in names
+        },
+        "steps": args.steps,
+        "warmup_steps_excluded": args.warmup,
+        "world_rows": args.rows,
+        "cpus": os.cpu_count(),
+        "best": best,
+    }
+    if "bare" in best:
+        for name in (n for n in names if n != "bare"):
+            result[f"{name}/bare"] = {
+                "per_step": _ratio(best[name]["steady_s_per_step"], best["bare"]["steady_s_per_step"]),
+                "per_step_median": _ratio(best[name]["median_s_per_step"], best["bare"]["median_s_per_step"]),
+                "end_to_end": _ratio(best[name]["end_to_end_s"], best["bare"]["end_to_end_s"]),
+            }
+    result["runs"] = runs
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Sharded inference output that resumes: fixed row ranges, one Parquet file and one marker each.
+
+The input rows, in a fixed order, are cut into shards of ``rows_per_shard`` consecutive rows.
+Shard ``k`` is written as ``<dir>/part-0000k.parquet`` (atomically: the whole file or nothing),
+then its completion marker ``<dir>/_markers/part-0000k.json`` naming the run's fingerprint (the
+model and every setting that changes a prediction) and a digest of the shard's ids. A shard is
+finished only when its marker matches the current fingerprint and ids, so a killed run resumes
+without redoing finished shards, and a changed model, setting or row selection recomputes the
+shards it affects. ``<dir>`` holds nothing else readable as a table: `geor score --predictions
+<dir>` reads every shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from geor_core import uris
+
+MARKERS_DIR = "_markers"
+_PREFIX = "part-"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``start`` (inclusive) to ``stop`` (exclusive) of the input, and a digest of their ids."""
+
+    index: int
+    start: int
+    stop: int
+    ids_digest: str
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def plan_shards(ids: Sequence[str], rows_per_shard: int) -> list[Shard]:
+    """Cut the ids (in input order) into consecutive shards of ``rows_per_shard`` rows."""
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard!r}")
+    shards = []
+    for index, start in enumerate(range(0, len(ids), rows_per_shard)):
+        stop = min(start + rows_per_shard, len(ids))
+        digest = hashlib.sha256("\0".join(map(str, ids[start:stop])).encode()).hexdigest()[:16]
+        shards.append(Shard(index, start, stop, digest))
+    return shards
+
+
+def shard_uri(directory: str, index: int) -> str:
+    """Where shard ``index``'s Parquet file lives."""
+    return uris.join(directory, f"{_PREFIX}{index:05d}.parquet")
+
+
+def _marker_uri(directory: str, index: int) -> str:
+    return uris.join(directory, MARKERS_DIR, f"{_PREFIX}{index:05d}.json")
+
+
+def _marker_payload(shard: Shard, fingerprint: str) -> dict:
+    return {"fingerprint": fingerprint, "ids_digest": shard.ids_digest, "rows": shard.rows}
+
+
+def is_done(directory: str, shard: Shard, fingerprint: str) -> bool:
+    """True when the shard was written by a run with this fingerprint over these same ids."""
+    try:
+        marker = json.loads(uris.read_text(_marker_uri(directory, shard.index)))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return marker == _marker_payload(shard, fingerprint) and uris.exists(shard_uri(directory, shard.index))
+
+
+def write_shard(directory: str, shard: Shard, table: pa.Table, fingerprint: str) -> None:
+    """Write the shard's rows (all of them: one per input row), then its marker."""
+    if table.num_rows != shard.rows:
+        raise ValueError(
+            f"shard {shard.index} covers {shard.rows} input rows but {table.num_rows} were given"
+        )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    uris.write_atomic(shard_uri(directory, shard.index), buffer.getvalue())
+    uris.write_text(_marker_uri(directory, shard.index), json.dumps(_marker_payload(shard, fingerprint)))
+
+
+def invalidate(directory: str, shard: Shard) -> None:
+    """Remove a shard's marker before it is recomputed, so a crash never leaves a stale one."""
+    uris.remove_tree(_marker_uri(directory, shard.index))
+
+
+def remove_beyond(directory: str, shard_count: int) -> list[str]:
+    """Delete shard files and markers numbered ``shard_count`` or more (left by a run over more
+    rows), so the directory holds exactly this run's shards; returns what was deleted."""
+    if not uris.exists(directory):
+        return []
+    stale = []
+    for folder in (directory, uris.join(directory, MARKERS_DIR)):
+        if not uris.exists(folder):
+            continue
+        for entry in uris.listdir(folder):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            number = name.removeprefix(_PREFIX).split(".", 1)[0]
+            if name.startswith(_PREFIX) and number.isdigit() and int(number) >= shard_count:
+                uris.remove_tree(entry)
+                stale.append(entry)
+    return stale

@@ -1,0 +1,299 @@
+"""`geor evaluate`: batch inference on Ray Data for one or more models, then the field's standard
+report for each, a comparison table and plots.
+
+Output layout (local or s3://)::
+
+    models/<label>/predictions/part-*.parquet   one row per evaluated photo (+ _markers/: resume)
+    models/<label>/metrics.json                 metrics overall and per split, levels, consistency
+    models/<label>/per_country.{csv,md}         the most frequent true countries
+    models/<label>/worst.{csv,md}               the worst rows with their reasoning
+    models/<label>/plots/{error_cdf,world_map,per_country}.png
+    comparison.{md,json}                        a row per model (+ published rows on IM2GPS3K/YFCC4K)
+    error_cdf.png                               one curve per model
+    _SUCCESS.json                               written last: the comparison and where things are
+
+Metrics are computed by `geor score`'s code (geor_core.evaluation_report). Rows come from the
+prepared data's ``eval.splits`` in that order, the first ``eval.max_rows`` of each (0: all).
+A re-run skips every finished prediction shard and rebuilds the report.
+MLflow: an ``evaluate`` run (comparison table, CDF plot, each model's headline metrics as
+``<label>/<metric>``) with one child run per model (metrics, per-split metrics, tables through
+``mlflow.log_table``, plots, the predictions URI as the tag ``geor.predictions_uri``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from geor_core import plots, tracking, uris
+from geor_core.config import GeorConfig
+from geor_core.dataset import read_prepared, require_prepared
+from geor_core.errors import UserFacingError
+from geor_core.evaluation_report import (
+    COMPARISON_COLUMNS,
+    METRIC_KEYS,
+    ModelReport,
+    comparison_rows,
+    markdown_table,
+    model_report,
+)
+from geor_core.lineage import data_fingerprint
+from geor_core.predictions import PREPARED_TRUTH, evaluation_predictions
+from geor_core.published import BENCHMARKS, detect_benchmark
+from geor_core.scoring import read_table
+from tasks.batch_inference import InferenceRun, inference_fingerprint, ray_scope, run_sharded_inference
+from tasks.training_run import check_model_source
+
+INPUT_COLUMNS = ["id", "split", "image", *dict.fromkeys(PREPARED_TRUTH.values())]
+_LABEL_RE = re.compile(r"^([A-Za-z0-9][\w.\-]{0,63})=(.+)$")
+
+
+@dataclass
+class ModelEvaluation:
+    """One model's evaluation: where its predictions are, its report, what inference did."""
+
+    label: str
+    source: str
+    predictions_uri: str
+    report: ModelReport
+    inference: InferenceRun
+    error_km: np.ndarray  # per evaluated row, NaN where the prediction is missing
+
+
+@dataclass
+class EvaluateResult:
+    """What `geor evaluate` produced."""
+
+    output: str
+    benchmark: str | None
+    models: list[ModelEvaluation]
+    comparison: list[dict[str, Any]]
+
+
+def model_labels(specs: list[str]) -> list[tuple[str, str]]:
+    """``--model`` values -> unique (label, source) pairs. ``LABEL=URI`` names a model; otherwise
+    the label is the source's last path part (``models:/NAME@ALIAS`` -> ``NAME-ALIAS``)."""
+    pairs, seen = [], set()
+    for spec in specs:
+        match = _LABEL_RE.match(spec)
+        if match and "://" not in match.group(1):
+            label, source = match.group(1), match.group(2)
+        else:
+            label = re.sub(r"[^\w.\-]+", "-", spec.rstrip("/").rsplit("/", 1)[-1]).strip("-") or "model"
+            source = spec
+        base, counter = label, 2
+        while label in seen:
+            label, counter = f"{base}-{counter}", counter + 1
+        seen.add(label)
+        pairs.append((label, source))
+    return pairs
+
+
+def evaluation_rows(data_uri: str, splits: list[str], max_rows: int) -> pa.Table:
+    """The rows to evaluate: each split in order, the first ``max_rows`` of each (0: all)."""
+    available = require_prepared(data_uri).get("stats", {}).get("splits", {})
+    tables = []
+    for split in splits:
+        table = read_prepared(data_uri, split, INPUT_COLUMNS)
+        if table.num_rows == 0:
+            raise UserFacingError(
+                f"eval.splits names {split!r}, but {data_uri} has no rows in it (splits: {available})"
+            )
+        tables.append(table.slice(0, max_rows) if max_rows else table)
+    return pa.concat_tables(tables)
+
+
+def run_evaluate(
+    cfg: GeorConfig, data_uri: str, models: list[str], output_uri: str, benchmark: str | None = None
+) -> EvaluateResult:
+    """Evaluate every model on the same rows and write the report under ``output_uri``."""
+    if not models:
+        raise UserFacingError("no model given: pass --model URI (repeat it to compare models)")
+    if benchmark is not None and benchmark not in BENCHMARKS:
+        raise UserFacingError(f"--benchmark {benchmark!r}: known benchmarks are {', '.join(BENCHMARKS)}")
+    labelled = model_labels(models)
+    for _, source in labelled:
+        check_model_source(source)
+    rows = evaluation_rows(data_uri, list(cfg.eval.splits), cfg.eval.max_rows)
+    manifest = str(require_prepared(data_uri).get("manifest", ""))
+    benchmark = benchmark or detect_benchmark(data_uri, manifest)
+    uris.remove_tree(uris.join(output_uri, uris.MARKER_NAME))  # a crash never leaves an old marker
+    fingerprint_of_data = data_fingerprint(data_uri)
+    tags = {
+        "geor.data_fingerprint": fingerprint_of_data,
+        "geor.upstream.data": data_uri,
+        "geor.upstream.models": ", ".join(source for _, source in labelled),
+        "geor.output": output_uri,
+    }
+    evaluations: list[ModelEvaluation] = []
+    with ray_scope(), tracking.stage_run(cfg, "evaluate", tags=tags) as run:
+        if run is not None:
+            tracking.log_dataset(data_uri, "evaluation-data", "evaluation")
+        for label, source in labelled:
+            fingerprint = inference_fingerprint(cfg, source, data=fingerprint_of_data, reward=cfg.reward)
+            evaluation = _evaluate_model(cfg, label, source, rows, output_uri, fingerprint)
+            evaluations.append(evaluation)
+            if run is not None:
+                _log_model(cfg, evaluation, output_uri)
+        comparison = comparison_rows([(e.label, e.source, e.report.metrics) for e in evaluations], benchmark)
+        _write_comparison(output_uri, evaluations, comparison, benchmark)
+        if run is not None:
+            _log_comparison(evaluations, comparison, output_uri, benchmark)
+    uris.write_marker(
+        output_uri,
+        {
+            "stage": "evaluate",
+            "data": data_uri,
+            "benchmark": benchmark,
+            "models": {e.label: {"source": e.source, "predictions": e.predictions_uri} for e in evaluations},
+            "comparison": comparison,
+        },
+    )
+    return EvaluateResult(output_uri, benchmark, evaluations, comparison)
+
+
+def _model_dir(output_uri: str, label: str) -> str:
+    return uris.join(output_uri, "models", label)
+
+
+def _evaluate_model(
+    cfg: GeorConfig, label: str, source: str, rows: pa.Table, output_uri: str, fingerprint: str
+) -> ModelEvaluation:
+    directory = _model_dir(output_uri, label)
+    predictions_uri = uris.join(directory, "predictions")
+
+    def build(shard_rows: pa.Table, completions: list[str], errors: list[str]) -> pa.Table:
+        return evaluation_predictions(shard_rows, completions, errors, cfg.reward)
+
+    inference = run_sharded_inference(cfg, source, rows, predictions_uri, fingerprint, build)
+    predictions = read_table(predictions_uri)
+    if len(predictions) != rows.num_rows:
+        raise RuntimeError(
+            f"{predictions_uri} holds {len(predictions)} rows but {rows.num_rows} were evaluated"
+        )
+    report = model_report(predictions, worst_n=cfg.eval.worst_n, top_countries=cfg.eval.top_countries)
+    if report.metrics["n"] + report.metrics["n_truth_invalid"] != rows.num_rows:
+        raise RuntimeError(f"{rows.num_rows} rows evaluated but {report.metrics['n']} scored")
+    _write_model_report(directory, label, source, predictions, report, inference)
+    error_km = predictions["error_km"].to_numpy(float)
+    return ModelEvaluation(label, source, predictions_uri, report, inference, error_km)
+
+
+def _model_plots(label: str, predictions: pd.DataFrame, report: ModelReport) -> dict[str, bytes]:
+    return {
+        "error_cdf.png": plots.error_cdf_png({label: predictions["error_km"].to_numpy(float)}),
+        "world_map.png": plots.world_map_png(
+            predictions["lat"],
+            predictions["lon"],
+            predictions["truth_lat"],
+            predictions["truth_lon"],
+            title=f"{label}: truth (green) vs prediction (red)",
+        ),
+        "per_country.png": plots.country_bars_png(report.per_country, title=f"{label}: per country"),
+    }
+
+
+def _write_model_report(
+    directory: str,
+    label: str,
+    source: str,
+    predictions: pd.DataFrame,
+    report: ModelReport,
+    inference: InferenceRun,
+) -> None:
+    summary = {"label": label, "model": source, **report.summary(), "inference": inference.to_dict()}
+    uris.write_text(uris.join(directory, "metrics.json"), json.dumps(summary, indent=2, default=str) + "\n")
+    for name, table in (("per_country", report.per_country), ("worst", report.worst)):
+        uris.write_text(uris.join(directory, f"{name}.csv"), table.to_csv(index=False))
+        records = table.to_dict("records")
+        uris.write_text(uris.join(directory, f"{name}.md"), markdown_table(records, list(table.columns)))
+    for name, png in _model_plots(label, predictions, report).items():
+        uris.write_atomic(uris.join(directory, "plots", name), png)
+
+
+def _write_comparison(
+    output_uri: str, evaluations: list[ModelEvaluation], comparison: list[dict[str, Any]], benchmark: str | None
+) -> None:
+    heading = f"Benchmark: {benchmark} (published rows for reference)\n\n" if benchmark else ""
+    uris.write_text(uris.join(output_uri, "comparison.md"), heading + markdown_table(comparison, COMPARISON_COLUMNS))
+    uris.write_text(
+        uris.join(output_uri, "comparison.json"),
+        json.dumps({"benchmark": benchmark, "rows": comparison}, indent=2) + "\n",
+    )
+    curves = {e.label: e.error_km for e in evaluations}
+    uris.write_atomic(uris.join(output_uri, "error_cdf.png"), plots.error_cdf_png(curves))
+
+
+def _numeric(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    return {
+        f"{prefix}{key}": float(value)
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+def log_png(png: bytes, artifact_file: str) -> None:
+    """Log PNG bytes to the active MLflow run as an image (shown in the run's UI)."""
+    import mlflow
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        mlflow.log_image(image.convert("RGB"), artifact_file=artifact_file)
+
+
+def _log_model(cfg: GeorConfig, evaluation: ModelEvaluation, output_uri: str) -> None:
+    """A child run of the evaluate run for one model."""
+    import mlflow
+
+    report = evaluation.report
+    tags = tracking.lineage_tags(
+        cfg,
+        "evaluate",
+        {
+            "geor.model": evaluation.source,
+            "geor.model_label": evaluation.label,
+            "geor.predictions_uri": evaluation.predictions_uri,
+        },
+    )
+    with mlflow.start_run(run_name=f"evaluate:{evaluation.label}", nested=True, tags=tags):
+        headline = {key: report.metrics.get(key) for key in METRIC_KEYS}
+        metrics = _numeric(headline) | _numeric(report.levels, "levels/") | _numeric(report.consistency, "cor/")
+        for split, result in report.splits.items():
+            metrics |= _numeric({key: result.get(key) for key in METRIC_KEYS}, f"{split}/")
+        if evaluation.inference.rows_per_second:
+            metrics["rows_per_second"] = evaluation.inference.rows_per_second
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(report.summary(), "metrics.json")
+        mlflow.log_table(report.per_country, "per_country.json")
+        mlflow.log_table(report.worst, "worst.json")
+        directory = _model_dir(output_uri, evaluation.label)
+        for name in ("error_cdf.png", "world_map.png", "per_country.png"):
+            log_png(uris.read_bytes(uris.join(directory, "plots", name)), f"plots/{name}")
+
+
+def _log_comparison(
+    evaluations: list[ModelEvaluation], comparison: list[dict[str, Any]], output_uri: str, benchmark: str | None
+) -> None:
+    import mlflow
+
+    metrics: dict[str, float] = {}
+    for evaluation in evaluations:
+        headline = {key: evaluation.report.metrics.get(key) for key in METRIC_KEYS}
+        metrics |= _numeric(headline, f"{evaluation.label}/")
+    mlflow.log_metrics(metrics)
+    mlflow.log_table(pd.DataFrame(comparison, columns=list(COMPARISON_COLUMNS)), "comparison.json")
+    mlflow.log_text(uris.read_text(uris.join(output_uri, "comparison.md")), "comparison.md")
+    log_png(uris.read_bytes(uris.join(output_uri, "error_cdf.png")), "error_cdf.png")
+    mlflow.set_tags(
+        {
+            "geor.benchmark": benchmark or "",
+            **{f"geor.predictions_uri.{e.label}": e.predictions_uri for e in evaluations},
+        }
+    )

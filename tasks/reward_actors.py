@@ -1,0 +1,355 @@
+"""Reward actors for GRPO: a pool of Ray actors that score whole batches of completions.
+
+Each :class:`RewardActor` loads the gazetteer once (geor_core.gazetteer caches it per process)
+and scores with ``geor_core.rewards.score_completions``. :class:`RewardActorPool`, made inside
+the process that needs rewards (a Ray Train worker), splits a batch into one contiguous chunk
+per actor, submits every chunk at once, gathers the parts in order and concatenates them, so
+the result equals ``score_completions`` on the whole batch element for element (scoring is
+row-wise). A dead actor (killed, crashed, its worker gone) is replaced by a fresh one and its
+chunk resubmitted, at most ``max_retries`` times per chunk, then :class:`RewardPoolError` names
+the chunk; nothing is lost or reordered. An error raised by the scoring itself (a bad config,
+say) is not a dead actor: it reaches the caller unchanged and is not retried.
+
+    pool = RewardActorPool(cfg.reward, cfg.grpo.reward_actors, cfg.grpo.reward_actor_cpus)
+    scores = pool.score(completions, lat, lon, country_code, state, city)  # dict of float64 arrays
+    scores = await pool.score_async(...)  # the same, for TRL's async reward functions
+    pool.stats()  # batches, completions, parse_failures, retries, actors_replaced, wait_seconds
+    pool.close()
+
+Actors take fractional CPUs (``grpo.reward_actor_cpus``; on 2 cores a whole CPU each starves
+everything else) and are scheduled outside the caller's placement group: a Ray Train worker's
+bundle holds only that worker's own resources. Conversational completions are turned into their
+text in the caller (``geor_core.parse.completion_text``, the parse rule's own reading; None where
+there is no text), so only strings travel.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only; read at Ray import
+
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+from numpy.typing import ArrayLike  # noqa: E402
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, WorkerCrashedError  # noqa: E402
+
+from geor_core.config import RewardConfig  # noqa: E402
+from geor_core.parse import completion_text  # noqa: E402
+from geor_core.rewards import RewardSettings, score_completions  # noqa: E402
+
+# What a dead or unreachable actor raises (ActorDiedError and ActorUnavailableError are
+# RayActorErrors); anything else is the scoring's own error and goes to the caller.
+DEAD_ACTOR_ERRORS = (RayActorError, WorkerCrashedError, ObjectLostError)
+TRUTH_NAMES = ("truth_country_code", "truth_state", "truth_city")
+_WARM_UP_ANSWER = (
+    "<think>Hokkaido.</think><answer>Country: Japan; State: Hokkaido; City: Biei; "
+    "Coordinates: (43.452002, 142.615358)</answer>"
+)
+
+
+class RewardPoolError(RuntimeError):
+    """A chunk could not be scored: its actors kept dying, or the actors never started."""
+
+
+@ray.remote
+class RewardActor:
+    """Scores batches with geor_core's rewards; the gazetteer and name caches are warm on creation."""
+
+    def __init__(self, reward_cfg: RewardSettings) -> None:
+        from geor_core import gazetteer
+
+        self.reward_cfg = reward_cfg
+        gazetteer.lookup(np.zeros(1), np.zeros(1))  # loads the KD-tree once for this process
+        score_completions([_WARM_UP_ANSWER], [43.45], [142.62], ["JP"], ["Hokkaido"], ["Biei"])  # pycountry
+
+    def ready(self) -> bool:
+        """True once __init__ has finished (the pool waits on it before the first batch)."""
+        return True
+
+    def score(
+        self,
+        completions: list[str | None],
+        truth_lat: np.ndarray,
+        truth_lon: np.ndarray,
+        truth_country_code: list[object] | None,
+        truth_state: list[object] | None,
+        truth_city: list[object] | None,
+    ) -> dict[str, np.ndarray]:
+        """``score_completions`` on one chunk with the actor's config."""
+        return score_completions(
+            completions, truth_lat, truth_lon, truth_country_code, truth_state, truth_city, self.reward_cfg
+        )
+
+
+@dataclass
+class ScoringJob:
+    """A submitted batch: its chunks' bounds and arguments, and the pending result of each."""
+
+    n: int
+    bounds: list[tuple[int, int]]  # [start, stop) of chunk i, scored by actor i
+    chunk_args: list[tuple]  # what chunk i was submitted with (resubmitted on a retry)
+    refs: list[Any]  # ObjectRef of chunk i's scores
+    actors: list[Any]  # the actor handle chunk i was last submitted to
+    attempts: list[int]
+
+
+class RewardActorPool:
+    """A fixed number of RewardActors scoring batches in parallel; dead actors are replaced."""
+
+    def __init__(
+        self,
+        reward_cfg: RewardSettings | None,
+        num_actors: int,
+        cpus_per_actor: float,
+        *,
+        max_retries: int = 3,
+        start_timeout_s: float = 120.0,
+    ) -> None:
+        if not isinstance(num_actors, int) or num_actors < 1:
+            raise ValueError(f"num_actors (grpo.reward_actors) must be an integer >= 1, got {num_actors!r}")
+        if not cpus_per_actor > 0:
+            raise ValueError(f"cpus_per_actor (grpo.reward_actor_cpus) must be > 0, got {cpus_per_actor!r}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
+        self.reward_cfg = reward_cfg if reward_cfg is not None else RewardConfig()
+        self.num_actors = num_actors
+        self.cpus_per_actor = float(cpus_per_actor)
+        self.max_retries = max_retries
+        self.start_timeout_s = start_timeout_s
+        self._actors: list[Any] = []
+        self._closed = False
+        self._counters = {
+            "batches": 0,
+            "completions": 0,
+            "parse_failures": 0,
+            "retries": 0,
+            "actors_replaced": 0,
+            "wait_seconds": 0.0,
+        }
+
+    @property
+    def actors(self) -> tuple[Any, ...]:
+        """The current actor handles, actor i scoring chunk i (empty until the first batch or start())."""
+        return tuple(self._actors)
+
+    def start(self) -> None:
+        """Create the actors and wait until each has loaded the gazetteer (the first batch does this)."""
+        if self._closed:
+            raise RewardPoolError("this RewardActorPool is closed")
+        if self._actors:
+            return
+        actors = [self._new_actor() for _ in range(self.num_actors)]
+        try:
+            ray.get([actor.ready.remote() for actor in actors], timeout=self.start_timeout_s)
+        except GetTimeoutError as exc:
+            for actor in actors:
+                ray.kill(actor)
+            raise RewardPoolError(
+                f"{self.num_actors} reward actors of {self.cpus_per_actor} CPU did not start within "
+                f"{self.start_timeout_s:.0f} s; the cluster has {ray.available_resources().get('CPU', 0)} "
+                "CPU free: lower grpo.reward_actors or grpo.reward_actor_cpus"
+            ) from exc
+        except DEAD_ACTOR_ERRORS as exc:
+            for actor in actors:
+                ray.kill(actor)
+            raise RewardPoolError(f"a reward actor died while starting: {type(exc).__name__}: {exc}") from exc
+        self._actors = actors
+
+    def submit(
+        self,
+        completions: Sequence[object],
+        truth_lat: ArrayLike,
+        truth_lon: ArrayLike,
+        truth_country_code: Sequence[object] | None = None,
+        truth_state: Sequence[object] | None = None,
+        truth_city: Sequence[object] | None = None,
+    ) -> ScoringJob:
+        """Validate the batch and send one chunk to each actor; returns at once (see gather)."""
+        started = time.perf_counter()
+        texts, lat, lon, truth = self._checked_batch(
+            completions, truth_lat, truth_lon, truth_country_code, truth_state, truth_city
+        )
+        self.start()
+        n = len(texts)
+        bounds = _chunk_bounds(n, self.num_actors)
+        chunk_args = [
+            (texts[a:b], lat[a:b], lon[a:b], *[None if t is None else t[a:b] for t in truth])
+            for a, b in bounds
+        ]
+        actors = self._actors[: len(bounds)]
+        refs = [actor.score.remote(*args) for actor, args in zip(actors, chunk_args, strict=True)]
+        self._counters["wait_seconds"] += time.perf_counter() - started
+        return ScoringJob(n, bounds, chunk_args, refs, list(actors), [1] * len(bounds))
+
+    def gather(self, job: ScoringJob) -> dict[str, np.ndarray]:
+        """Wait for every chunk of ``job`` (retrying those whose actor died) and concatenate them."""
+        started = time.perf_counter()
+        parts = []
+        for i in range(len(job.bounds)):
+            while True:
+                try:
+                    parts.append(ray.get(job.refs[i]))
+                    break
+                except DEAD_ACTOR_ERRORS as exc:
+                    self._resubmit(job, i, exc)
+        return self._finish(job, parts, started)
+
+    async def gather_async(self, job: ScoringJob) -> dict[str, np.ndarray]:
+        """``gather`` for an event loop: awaits the chunks instead of blocking the thread."""
+        started = time.perf_counter()
+        parts = []
+        for i in range(len(job.bounds)):
+            while True:
+                try:
+                    parts.append(await job.refs[i])
+                    break
+                except DEAD_ACTOR_ERRORS as exc:
+                    self._resubmit(job, i, exc)
+        return self._finish(job, parts, started)
+
+    def score(
+        self,
+        completions: Sequence[object],
+        truth_lat: ArrayLike,
+        truth_lon: ArrayLike,
+        truth_country_code: Sequence[object] | None = None,
+        truth_state: Sequence[object] | None = None,
+        truth_city: Sequence[object] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Score a batch: equals ``score_completions`` on the whole batch with the pool's config."""
+        return self.gather(
+            self.submit(completions, truth_lat, truth_lon, truth_country_code, truth_state, truth_city)
+        )
+
+    async def score_async(
+        self,
+        completions: Sequence[object],
+        truth_lat: ArrayLike,
+        truth_lon: ArrayLike,
+        truth_country_code: Sequence[object] | None = None,
+        truth_state: Sequence[object] | None = None,
+        truth_city: Sequence[object] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """``score`` for async reward functions (TRL runs them on its own event loop)."""
+        job = self.submit(completions, truth_lat, truth_lon, truth_country_code, truth_state, truth_city)
+        return await self.gather_async(job)
+
+    def stats(self) -> dict[str, float]:
+        """Counters since creation: batches, completions, parse_failures, retries (chunks resubmitted),
+        actors_replaced, wait_seconds (time callers spent in submit and gather), and the pool's size."""
+        return {**self._counters, "num_actors": self.num_actors, "cpus_per_actor": self.cpus_per_actor}
+
+    def close(self) -> None:
+        """Kill the actors; the pool cannot be used afterwards."""
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+        self._closed = True
+
+    def _new_actor(self) -> Any:
+        # "DEFAULT": never captured by the caller's placement group (a Train worker's bundle).
+        options = {"num_cpus": self.cpus_per_actor, "scheduling_strategy": "DEFAULT"}
+        return RewardActor.options(**options).remote(self.reward_cfg)
+
+    def _resubmit(self, job: ScoringJob, i: int, error: Exception) -> None:
+        """Chunk i's actor died: replace it (unless that happened already) and send the chunk again."""
+        start, stop = job.bounds[i]
+        if self._closed:
+            raise RewardPoolError("this RewardActorPool was closed while a batch was being scored") from error
+        if job.attempts[i] > self.max_retries:
+            raise RewardPoolError(
+                f"reward chunk {i + 1} of {len(job.bounds)} (completions {start}..{stop - 1} of a batch "
+                f"of {job.n}) failed on {job.attempts[i]} actors in a row; last error: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        if self._actors[i] is job.actors[i]:  # another caller may have replaced it already
+            ray.kill(job.actors[i])
+            self._actors[i] = self._new_actor()
+            self._counters["actors_replaced"] += 1
+        job.actors[i] = self._actors[i]
+        job.refs[i] = job.actors[i].score.remote(*job.chunk_args[i])
+        job.attempts[i] += 1
+        self._counters["retries"] += 1
+
+    def _finish(
+        self, job: ScoringJob, parts: list[dict[str, np.ndarray]], started: float
+    ) -> dict[str, np.ndarray]:
+        if parts:
+            scores = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        else:  # an empty batch: geor_core's own empty result
+            scores = score_completions([], np.zeros(0), np.zeros(0), [], [], [], self.reward_cfg)
+        self._counters["batches"] += 1
+        self._counters["completions"] += job.n
+        self._counters["parse_failures"] += int(scores["parse_failed"].sum())
+        self._counters["wait_seconds"] += time.perf_counter() - started
+        return scores
+
+    def _checked_batch(
+        self,
+        completions: Sequence[object],
+        truth_lat: ArrayLike,
+        truth_lon: ArrayLike,
+        truth_country_code: Sequence[object] | None,
+        truth_state: Sequence[object] | None,
+        truth_city: Sequence[object] | None,
+    ) -> tuple[list[str | None], np.ndarray, np.ndarray, list[list[object] | None]]:
+        """The batch as the actors take it, or a ValueError naming what does not match."""
+        if self._closed:
+            raise RewardPoolError("this RewardActorPool is closed")
+        if isinstance(completions, str | bytes) or not isinstance(completions, Sequence | np.ndarray):
+            raise ValueError(f"completions must be a list of completions, got {type(completions).__name__}")
+        n = len(completions)
+        lat = np.asarray(truth_lat, dtype=np.float64).reshape(-1)
+        lon = np.asarray(truth_lon, dtype=np.float64).reshape(-1)
+        if lat.size != n or lon.size != n:
+            raise ValueError(f"got {n} completions but {lat.size} truth_lat and {lon.size} truth_lon values")
+        bad = ~((np.abs(lat) <= 90.0) & (np.abs(lon) <= 180.0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"truth row {i} is not a valid coordinate: ({float(lat[i])!r}, {float(lon[i])!r})"
+            )
+        cfg = self.reward_cfg
+        region_needed = bool(cfg.w_country or cfg.w_state or cfg.w_city)
+        truth: list[list[object] | None] = []
+        for name, values in zip(TRUTH_NAMES, (truth_country_code, truth_state, truth_city), strict=True):
+            if values is None:
+                if region_needed:
+                    raise ValueError(
+                        f"the region reward (reward.w_country/w_state/w_city not all 0) needs {name}, "
+                        f"one value per completion ({n}); got None"
+                    )
+                truth.append(None)
+                continue
+            if len(values) != n:
+                raise ValueError(f"got {n} completions but {len(values)} {name} values")
+            truth.append(list(values))
+        return [_text_or_none(c) for c in completions], lat, lon, truth
+
+
+def _text_or_none(completion: object) -> str | None:
+    """What the parser would read; None (scored as not_text) where there is no text to read."""
+    if type(completion) is str:
+        return completion
+    try:
+        text = completion_text(completion)
+    except Exception:  # the parser counts such a completion as unparseable too (internal_error)
+        return None
+    return None if text is None else str(text)
+
+
+def _chunk_bounds(n: int, num_chunks: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) ranges of near-equal size, at most ``num_chunks``, none empty."""
+    num_chunks = min(num_chunks, n)
+    size, extra = divmod(n, num_chunks) if num_chunks else (0, 0)
+    bounds, start = [], 0
+    for i in range(num_chunks):
+        stop = start + size + (1 if i < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
