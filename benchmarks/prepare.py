@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,6 +212,7 @@ def main() -> None:
     if not args.skip_baseline:
         runs["single_process"] = [sys.executable, __file__, "--single-process-run", str(manifest),
                                   str(work / "out-single")]  # fmt: skip
+    shutil.rmtree(work / "out-single", ignore_errors=True)  # the baseline has no overwrite logic
     for name, command in runs.items():
         seconds, cpu_seconds, peak_mb, stdout = measure(command, env, work / f"{name}.log")
         stats = json.loads(stdout.strip().splitlines()[-1])

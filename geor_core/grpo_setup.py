@@ -26,10 +26,9 @@ import numpy as np
 import pyarrow as pa
 
 from geor_core.config import GeorConfig
-from geor_core.deepspeed_config import deepspeed_config
 from geor_core.images import load_image
 from geor_core.prompts import user_turn
-from geor_core.sft_setup import per_device_batch_size
+from geor_core.sft_setup import trainer_arguments
 
 GRPO_COLUMNS = ["id", "image", "lat", "lon", "country_code", "state", "city"]
 EXTRA_REWARDS = (
@@ -119,18 +118,8 @@ def grpo_arguments(cfg: GeorConfig, output_dir: str, *, has_eval: bool, reward_w
     from trl import GRPOConfig
 
     g = cfg.grpo
-    batch = per_device_batch_size(g)
     return GRPOConfig(
-        output_dir=output_dir,
-        per_device_train_batch_size=batch,
-        per_device_eval_batch_size=batch,
-        gradient_accumulation_steps=g.gradient_accumulation_steps,
-        learning_rate=g.learning_rate,
-        weight_decay=g.weight_decay,
-        warmup_steps=g.warmup_ratio,
-        lr_scheduler_type=g.lr_scheduler_type,
-        num_train_epochs=g.num_epochs,
-        max_steps=g.max_steps,
+        **trainer_arguments(g, output_dir, has_eval=has_eval),
         num_generations=g.num_generations,
         max_completion_length=g.max_completion_length,
         temperature=g.temperature,
@@ -140,23 +129,6 @@ def grpo_arguments(cfg: GeorConfig, output_dir: str, *, has_eval: bool, reward_w
         loss_type=g.loss_type,
         use_vllm=g.use_vllm,
         reward_weights=reward_weights,
-        logging_steps=g.logging_steps,
-        logging_first_step=True,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=g.eval_steps,
-        save_strategy="steps",
-        save_steps=g.save_steps,
-        save_total_limit=g.save_total_limit,
-        seed=g.seed,
-        data_seed=g.seed,
-        use_cpu=not g.use_gpu,
-        bf16=g.use_gpu,
-        deepspeed=deepspeed_config(g.zero_stage, g.use_gpu),
-        report_to="none",
-        gradient_checkpointing=False,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         log_completions=False,
     )
 

@@ -8,7 +8,7 @@ are ordinary values; ``.gz`` / ``.bz2`` / ``.zst`` files are decompressed on the
 
 Manifest order, which decides which of two rows with the same id is kept, is: files sorted by
 URI, then rows in file order. A file is read as a stream of batches, so memory is bounded by the
-batch size, not the file size.
+batch size, not the file size. The format readers are in manifest_formats.py.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from geor_core import uris
 from geor_core.errors import UserFacingError
+from geor_core.manifest_formats import read_pieces
 
 FORMATS_BY_SUFFIX = {
     ".csv": "csv",
@@ -36,8 +34,6 @@ FORMATS_BY_SUFFIX = {
     ".json": "jsonl",
 }
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst")
-_CSV_BLOCK_BYTES = 8 << 20
-_HEADER_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -169,9 +165,8 @@ def iter_batches(file: ManifestFile, batch_rows: int) -> Iterator[ManifestBatch]
     Every well-formed row appears in exactly
     one batch, in file order; every malformed line in exactly one batch's ``malformed`` list. The
     last batch may have no rows (it then carries the remaining malformed lines)."""
-    readers = {"csv": _iter_csv, "tsv": _iter_csv, "parquet": _iter_parquet, "jsonl": _iter_jsonl}
     try:
-        yield from _rebatch(readers[file.format](file, batch_rows), batch_rows)
+        yield from _rebatch(read_pieces(file.uri, file.format, batch_rows), batch_rows)
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as exc:
         raise UserFacingError(f"manifest file {file.uri} cannot be read as {file.format}: {exc}") from exc
 
@@ -202,125 +197,3 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     if len(tables) == 1:
         return tables[0]
     return pa.concat_tables(tables, promote_options="permissive")
-
-
-def _open_stream(file: ManifestFile) -> Any:
-    fs, path = uris.pyarrow_filesystem(file.uri)
-    return fs.open_input_stream(path, compression="detect")
-
-
-def _iter_csv(file: ManifestFile, batch_rows: int) -> Iterator[tuple[pa.Table, list[str]]]:
-    delimiter = "\t" if file.format == "tsv" else ","
-    read_options = pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False)
-    with _open_stream(file) as stream:  # a first look, only for the header's column names
-        header_parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda row: "skip")
-        header_options = pacsv.ReadOptions(block_size=_HEADER_BLOCK_BYTES, use_threads=False)
-        try:
-            names = pacsv.open_csv(
-                stream, read_options=header_options, parse_options=header_parse
-            ).schema.names
-        except pa.ArrowInvalid as exc:
-            if "Empty CSV file" in str(exc):
-                return
-            raise
-    bad_lines: list[str] = []
-
-    def keep_malformed(row: Any) -> str:
-        bad_lines.append(row.text)
-        return "skip"
-
-    parse_options = pacsv.ParseOptions(
-        delimiter=delimiter, newlines_in_values=True, invalid_row_handler=keep_malformed
-    )
-    convert_options = pacsv.ConvertOptions(
-        column_types={name: pa.string() for name in names},
-        strings_can_be_null=False,
-        quoted_strings_can_be_null=False,
-    )
-    with _open_stream(file) as stream:
-        reader = pacsv.open_csv(
-            stream, read_options=read_options, parse_options=parse_options, convert_options=convert_options
-        )
-        for record_batch in reader:
-            lines, bad_lines[:] = list(bad_lines), []
-            yield pa.Table.from_batches([record_batch]), lines
-    yield pa.table({name: pa.array([], pa.string()) for name in names}), list(bad_lines)
-
-
-def _iter_parquet(file: ManifestFile, batch_rows: int) -> Iterator[tuple[pa.Table, list[str]]]:
-    fs, path = uris.pyarrow_filesystem(file.uri)
-    with fs.open_input_file(path) as handle:
-        parquet = pq.ParquetFile(handle)
-        if parquet.metadata.num_rows == 0:
-            yield pa.table({name: pa.array([], pa.string()) for name in parquet.schema_arrow.names}), []
-            return
-        for record_batch in parquet.iter_batches(batch_size=batch_rows):
-            yield _all_strings(pa.Table.from_batches([record_batch])), []
-
-
-def _all_strings(table: pa.Table) -> pa.Table:
-    """Every column as strings: plain casts where Arrow has one, JSON text for nested values."""
-    out = []
-    for column in table.columns:
-        if pa.types.is_string(column.type):
-            out.append(column)
-        elif pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type):
-            out.append(column.cast(pa.string()))
-        else:
-            try:
-                out.append(column.cast(pa.string()))
-            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-                values = column.to_pylist()
-                out.append(
-                    pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
-                )
-    return pa.table(out, names=table.column_names)
-
-
-def _iter_jsonl(file: ManifestFile, batch_rows: int) -> Iterator[tuple[pa.Table, list[str]]]:
-    rows: list[dict[str, Any]] = []
-    bad_lines: list[str] = []
-    for text in _iter_lines(file):
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = None
-        if isinstance(value, dict):
-            rows.append(value)
-        else:
-            bad_lines.append(text)
-        if len(rows) >= batch_rows:
-            yield _json_rows_table(rows), bad_lines
-            rows, bad_lines = [], []
-    yield _json_rows_table(rows), bad_lines
-
-
-def _iter_lines(file: ManifestFile) -> Iterator[str]:
-    """The lines of a UTF-8 text file without their line ends (a leading BOM dropped)."""
-    remainder = b""
-    first = True
-    with _open_stream(file) as stream:
-        while chunk := stream.read(_CSV_BLOCK_BYTES):
-            if first:
-                chunk, first = chunk.removeprefix(b"\xef\xbb\xbf"), False
-            lines = (remainder + chunk).split(b"\n")
-            remainder = lines.pop()
-            for line in lines:
-                yield line.rstrip(b"\r").decode("utf-8")
-    if remainder:
-        yield remainder.rstrip(b"\r").decode("utf-8")
-
-
-def _json_rows_table(rows: list[dict[str, Any]]) -> pa.Table:
-    names = list(dict.fromkeys(key for row in rows for key in row))
-    return pa.table(
-        {name: pa.array([_json_cell(row.get(name)) for row in rows], pa.string()) for name in names}
-    )
-
-
-def _json_cell(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value)

@@ -1,10 +1,10 @@
 """The per-block work of `geor prepare`, free of Ray: manifest file -> raw blocks -> training rows.
 
 ``read_raw_blocks`` turns one manifest file into *raw blocks*: all-string tables of the file's
-rows plus bookkeeping columns (``META_COLUMNS``): ``__file`` (file index), ``__row`` (the row's
-index in its file; for a malformed line -1, -2, ... in order), ``__line`` (the raw text of a
-malformed line, else null) and ``__duplicate`` (the id appeared earlier in the manifest). A
-malformed line is a row of its own, every manifest column null.
+rows plus bookkeeping columns: ``__file`` (file index), ``__row`` (the row's index in its file;
+for a malformed line -1, -2, ... in order), ``__line`` (the raw text of a malformed line, else
+null) and ``__duplicate`` (the id appeared earlier in the manifest). A malformed line is a row
+of its own, every manifest column null.
 
 ``transform_block`` turns a raw block (or any slice of one: Ray Data may split blocks) into
 training rows (``cor_rows.OUTPUT_SCHEMA``) and writes the slice's rejects itself, to
@@ -31,7 +31,6 @@ from geor_core import uris
 from geor_core.cor_rows import MALFORMED_LINE, OUTPUT_SCHEMA, RowRules, prepare_batch
 from geor_core.manifest import ColumnRoles, ManifestFile, iter_batches
 
-META_COLUMNS = ("__file", "__row", "__line", "__duplicate")
 REJECT_EXTRA_COLUMNS = ("reason", "line", "source_file", "source_row")
 
 

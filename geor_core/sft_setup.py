@@ -51,42 +51,48 @@ def sft_dataset(table: pa.Table) -> Any:
     return dataset
 
 
-def sft_arguments(cfg: GeorConfig, output_dir: str, *, has_eval: bool) -> Any:
-    """TRL SFTConfig from the ``sft`` section."""
-    from trl import SFTConfig
-
-    s = cfg.sft
-    batch = per_device_batch_size(s)
-    return SFTConfig(
+def trainer_arguments(stage: TrainingConfig, output_dir: str, *, has_eval: bool) -> dict[str, Any]:
+    """The Hugging Face Trainer arguments SFT and GRPO share, from a stage section."""
+    batch = per_device_batch_size(stage)
+    return dict(
         output_dir=output_dir,
         per_device_train_batch_size=batch,
         per_device_eval_batch_size=batch,
-        gradient_accumulation_steps=s.gradient_accumulation_steps,
-        learning_rate=s.learning_rate,
-        weight_decay=s.weight_decay,
-        warmup_steps=s.warmup_ratio,
-        lr_scheduler_type=s.lr_scheduler_type,
-        num_train_epochs=s.num_epochs,
-        max_steps=s.max_steps,
-        logging_steps=s.logging_steps,
+        gradient_accumulation_steps=stage.gradient_accumulation_steps,
+        learning_rate=stage.learning_rate,
+        weight_decay=stage.weight_decay,
+        warmup_steps=stage.warmup_ratio,
+        lr_scheduler_type=stage.lr_scheduler_type,
+        num_train_epochs=stage.num_epochs,
+        max_steps=stage.max_steps,
+        logging_steps=stage.logging_steps,
         logging_first_step=True,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=s.eval_steps,
+        eval_steps=stage.eval_steps,
         save_strategy="steps",
-        save_steps=s.save_steps,
-        save_total_limit=s.save_total_limit,
-        seed=s.seed,
-        data_seed=s.seed,
-        use_cpu=not s.use_gpu,
-        bf16=s.use_gpu,
-        deepspeed=deepspeed_config(s.zero_stage, s.use_gpu),
+        save_steps=stage.save_steps,
+        save_total_limit=stage.save_total_limit,
+        seed=stage.seed,
+        data_seed=stage.seed,
+        use_cpu=not stage.use_gpu,
+        bf16=stage.use_gpu,
+        deepspeed=deepspeed_config(stage.zero_stage, stage.use_gpu),
         report_to="none",
         gradient_checkpointing=False,
-        completion_only_loss=True,
-        max_length=None,
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
+    )
+
+
+def sft_arguments(cfg: GeorConfig, output_dir: str, *, has_eval: bool) -> Any:
+    """TRL SFTConfig from the ``sft`` section: loss on the completion only, no truncation."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **trainer_arguments(cfg.sft, output_dir, has_eval=has_eval),
+        completion_only_loss=True,
+        max_length=None,
     )
 
 

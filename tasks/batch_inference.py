@@ -120,9 +120,13 @@ def inference_fingerprint(cfg: GeorConfig, model_source: str, **inputs: Any) -> 
     the generation settings and the caller's ``inputs`` (data fingerprint, reward settings...)."""
     material = {
         "model": model_source,
-        "loading": {k: getattr(cfg.model, k) for k in ("dtype", "min_pixels", "max_pixels", "attn_implementation")},
+        "loading": {
+            k: getattr(cfg.model, k) for k in ("dtype", "min_pixels", "max_pixels", "attn_implementation")
+        },
         "prompt": INSTRUCTION,
-        "generation": {k: getattr(cfg.eval, k) for k in ("do_sample", "temperature", "top_p", "max_new_tokens")},
+        "generation": {
+            k: getattr(cfg.eval, k) for k in ("do_sample", "temperature", "top_p", "max_new_tokens")
+        },
         **inputs,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -183,7 +187,9 @@ def run_sharded_inference(
     connect_ray()  # the caller's ray_scope shuts down a session started here
     check_resources(cfg.eval)
     started = time.monotonic()
-    _infer(cfg, replace(cfg.model, name_or_path=model_source), rows, directory, fingerprint, pending, build, run)
+    _infer(
+        cfg, replace(cfg.model, name_or_path=model_source), rows, directory, fingerprint, pending, build, run
+    )
     run.seconds = round(time.monotonic() - started, 3)
     return run
 
@@ -240,7 +246,15 @@ def _infer(
             if remaining[index] == 0:
                 finished.add(index)
         for index in sorted(finished):
-            _write(directory, by_index[index], rows, completions.pop(index), errors.pop(index), fingerprint, build)
+            _write(
+                directory,
+                by_index[index],
+                rows,
+                completions.pop(index),
+                errors.pop(index),
+                fingerprint,
+                build,
+            )
             run.shards_computed.append(index)
             run.rows_computed += by_index[index].rows
     unfinished = sorted(i for i, left in remaining.items() if left)

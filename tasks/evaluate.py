@@ -219,10 +219,15 @@ def _write_model_report(
 
 
 def _write_comparison(
-    output_uri: str, evaluations: list[ModelEvaluation], comparison: list[dict[str, Any]], benchmark: str | None
+    output_uri: str,
+    evaluations: list[ModelEvaluation],
+    comparison: list[dict[str, Any]],
+    benchmark: str | None,
 ) -> None:
     heading = f"Benchmark: {benchmark} (published rows for reference)\n\n" if benchmark else ""
-    uris.write_text(uris.join(output_uri, "comparison.md"), heading + markdown_table(comparison, COMPARISON_COLUMNS))
+    uris.write_text(
+        uris.join(output_uri, "comparison.md"), heading + markdown_table(comparison, COMPARISON_COLUMNS)
+    )
     uris.write_text(
         uris.join(output_uri, "comparison.json"),
         json.dumps({"benchmark": benchmark, "rows": comparison}, indent=2) + "\n",
@@ -262,9 +267,12 @@ def _log_model(cfg: GeorConfig, evaluation: ModelEvaluation, output_uri: str) ->
             "geor.predictions_uri": evaluation.predictions_uri,
         },
     )
-    with mlflow.start_run(run_name=f"evaluate:{evaluation.label}", nested=True, tags=tags):
+    experiment = mlflow.active_run().info.experiment_id  # else the child lands in the default experiment
+    with mlflow.start_run(run_name=f"evaluate:{evaluation.label}", experiment_id=experiment, nested=True, tags=tags):
         headline = {key: report.metrics.get(key) for key in METRIC_KEYS}
-        metrics = _numeric(headline) | _numeric(report.levels, "levels/") | _numeric(report.consistency, "cor/")
+        metrics = (
+            _numeric(headline) | _numeric(report.levels, "levels/") | _numeric(report.consistency, "cor/")
+        )
         for split, result in report.splits.items():
             metrics |= _numeric({key: result.get(key) for key in METRIC_KEYS}, f"{split}/")
         if evaluation.inference.rows_per_second:
@@ -279,7 +287,10 @@ def _log_model(cfg: GeorConfig, evaluation: ModelEvaluation, output_uri: str) ->
 
 
 def _log_comparison(
-    evaluations: list[ModelEvaluation], comparison: list[dict[str, Any]], output_uri: str, benchmark: str | None
+    evaluations: list[ModelEvaluation],
+    comparison: list[dict[str, Any]],
+    output_uri: str,
+    benchmark: str | None,
 ) -> None:
     import mlflow
 

@@ -14,16 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from geor_core.config import GeorConfig, build_config
+from geor_core.config import GeorConfig
 from geor_core.dataset import read_prepared
-from tasks.training_run import (
-    FaultInjectionCallback,
-    TrainingResult,
-    export_and_report,
-    launch_training,
-    prepare_worker,
-    train_with_resume,
-)
+from tasks.training_run import TrainingResult, launch_training
+from tasks.training_worker import finish_worker, setup_worker
 
 
 def run_grpo(
@@ -44,54 +38,38 @@ def run_grpo(
 
 
 def grpo_worker_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: reward actors, the GRPOTrainer, resume, train, export."""
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    """One Ray Train worker: its reward actors, the GRPOTrainer, resume, train, export."""
+    from ray.train.huggingface.transformers import prepare_trainer
 
     from geor_core.grpo_setup import GRPO_COLUMNS, build_grpo_trainer
-    from geor_core.models import apply_lora, load_model, load_processor
-    from geor_core.sft_setup import per_device_batch_size
-    from geor_core.train_callbacks import MlflowMetricsCallback
     from tasks.reward_actors import RewardActorPool
 
-    context, scratch = prepare_worker(config)
-    cfg = build_config(config["cfg"])
-    rank, world = context.get_world_rank(), context.get_world_size()
-    model_cfg = cfg.model
-    model_cfg.name_or_path = config["model_uri"]
-    processor = load_processor(model_cfg)
-    model = apply_lora(load_model(model_cfg), model_cfg.lora)
+    setup = setup_worker(config, "grpo")
+    cfg = setup.cfg
     train = read_prepared(config["data_uri"], "train", GRPO_COLUMNS)
     val = read_prepared(config["data_uri"], "val", GRPO_COLUMNS).slice(0, cfg.grpo.val_rows)
     pool = RewardActorPool(cfg.reward, cfg.grpo.reward_actors, cfg.grpo.reward_actor_cpus)
-    global_batch = per_device_batch_size(cfg.grpo) * world * cfg.grpo.gradient_accumulation_steps
-    callbacks = [
-        RayTrainReportCallback(),
-        MlflowMetricsCallback(config["run_id"] if rank == 0 else None, global_batch),
-        *FaultInjectionCallback.from_env(rank),
-    ]
     trainer, board = build_grpo_trainer(
-        cfg, model, processor, train, val, str(scratch / "trainer"), pool.score, callbacks
+        cfg,
+        setup.model,
+        setup.processor,
+        train,
+        val,
+        str(setup.scratch / "trainer"),
+        pool.score,
+        setup.callbacks,
     )
-    trainer = prepare_trainer(trainer)
     try:
-        resumed_from = train_with_resume(trainer)
+        finish_worker(
+            prepare_trainer(trainer),
+            setup,
+            config,
+            "grpo",
+            lambda: {
+                "reward_pool": pool.stats(),
+                "reward_seconds": board.seconds,
+                "ref_model_loaded": getattr(trainer, "ref_model", None) is not None,
+            },
+        )
     finally:
-        reward_stats = pool.stats()
         pool.close()
-    export_and_report(
-        trainer,
-        processor,
-        lora=model_cfg.lora.enabled,
-        scratch=scratch,
-        export_uri=config["export_uri"],
-        marker={
-            "stage": "grpo",
-            "resumed_from_step": resumed_from,
-            "data": config["data_uri"],
-            "base_model": config["model_uri"],
-            "config_hash": cfg.fingerprint(),
-            "reward_pool": reward_stats,
-            "reward_seconds": board.seconds,
-            "ref_model_loaded": getattr(trainer, "ref_model", None) is not None,
-        },
-    )

@@ -55,14 +55,22 @@ def run_predict(
     fingerprint = inference_fingerprint(cfg, model, task="predict")
 
     def build(rows: pa.Table, completions: list[str], errors: list[str]) -> pa.Table:
-        return photo_predictions(rows.column("id").to_pylist(), rows.column("image").to_pylist(), completions, errors)
+        return photo_predictions(
+            rows.column("id").to_pylist(), rows.column("image").to_pylist(), completions, errors
+        )
 
-    tags = {"geor.upstream.images": images, "geor.upstream.model": model, "geor.predictions_uri": predictions_uri}
+    tags = {
+        "geor.upstream.images": images,
+        "geor.upstream.model": model,
+        "geor.predictions_uri": predictions_uri,
+    }
     with ray_scope(), tracking.stage_run(cfg, "predict", tags=tags) as run:
         inference = run_sharded_inference(cfg, model, photos, predictions_uri, fingerprint, build)
         table = read_table(predictions_uri)
         if len(table) != photos.num_rows:
-            raise RuntimeError(f"{predictions_uri} holds {len(table)} rows but {photos.num_rows} photos were given")
+            raise RuntimeError(
+                f"{predictions_uri} holds {len(table)} rows but {photos.num_rows} photos were given"
+            )
         csv_uri = uris.join(output_uri, "predictions.csv")
         map_uri = uris.join(output_uri, "world_map.png")
         uris.write_text(csv_uri, table.to_csv(index=False))

@@ -13,18 +13,15 @@
 3. The driver counts what is on disk; rows_in = rows_out + rows_rejected must hold, then
    ``stats.json`` and, last, the completion marker are written.
 
-A complete output with the same manifest and settings is skipped; a different one is an error
-unless ``prepare.overwrite``. An output without a marker (a crashed run) is cleared first.
+Skipping a finished output, clearing a crashed one and the marker: geor_core/prepare_output.py.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only; read at Ray import
@@ -38,25 +35,16 @@ from ray.data.block import BlockMetadata  # noqa: E402
 from geor_core import tracking, uris  # noqa: E402
 from geor_core.config import GeorConfig, PrepareConfig  # noqa: E402
 from geor_core.cor_rows import RowRules  # noqa: E402
-from geor_core.dataset import (  # noqa: E402
-    DATA_DIR,
-    OUTPUT_ENTRIES,
-    REJECTS_DIR,
-    STATS_FILE,
-    output_stats,
-    read_rejects,
-)
-from geor_core.errors import UserFacingError  # noqa: E402
+from geor_core.dataset import DATA_DIR, REJECTS_DIR, output_stats, read_rejects  # noqa: E402
 from geor_core.manifest import ManifestFile, list_manifest_files  # noqa: E402
 from geor_core.manifest import manifest_fingerprint as manifest_fingerprint_of  # noqa: E402
 from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block  # noqa: E402
+from geor_core.prepare_output import check_settings, clear_output, finish_output, finished_stats  # noqa: E402
 from tasks.prepare_scan import ManifestScan, scan_manifest  # noqa: E402
 
 ACTOR_CPUS = 0.5  # whole-CPU actors starve the read/write tasks on 2 cores (DESIGN.md)
 STREAMING_READ_CPUS = 0.25  # a read task that only parses, feeding transform tasks
 REJECTS_SAMPLE_ROWS = 200
-# Settings that do not change which rows come out, or what they say: left out of the fingerprint.
-_LAYOUT_ONLY_KEYS = ("output", "overwrite", "batch_size", "cpus_per_task", "compute")
 
 
 @dataclass
@@ -101,28 +89,17 @@ class BlockTransformer:
         return transform_block(block, self.job)
 
 
-def content_fingerprint(prepare: PrepareConfig) -> str:
-    """A hash of the settings that decide the output rows (not where or how fast they are written)."""
-    settings = {k: v for k, v in asdict(prepare).items() if k not in _LAYOUT_ONLY_KEYS}
-    if not uris.is_s3(prepare.manifest):
-        settings["manifest"] = uris.filesystem(prepare.manifest)[1]
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def run_prepare(cfg: GeorConfig) -> PrepareOutcome:
     """Run `geor prepare` with ``cfg.prepare``; connects to (or starts) Ray when needed."""
     prepare = cfg.prepare
-    _check_settings(prepare)
+    check_settings(prepare)
     started = time.monotonic()
     files = list_manifest_files(prepare.manifest)
     manifest_fingerprint = manifest_fingerprint_of(files)
-    settings_fingerprint = content_fingerprint(prepare)
-    marker = uris.read_marker(prepare.output)
-    if marker is not None and not prepare.overwrite:
-        return PrepareOutcome(
-            _finished_stats(marker, prepare, manifest_fingerprint, settings_fingerprint), True
-        )
-    _clear_output(prepare.output)
+    finished = finished_stats(prepare, manifest_fingerprint)
+    if finished is not None:
+        return PrepareOutcome(finished, skipped=True)
+    clear_output(prepare.output)
     lineage = {"geor.data_fingerprint": manifest_fingerprint, "geor.upstream.manifest": prepare.manifest}
     with tracking.stage_run(cfg, "prepare", tags=lineage) as run:
         clock = {"start": started}
@@ -139,25 +116,10 @@ def run_prepare(cfg: GeorConfig) -> PrepareOutcome:
         clock["ray_stopped"] = time.monotonic()
         stats = output_stats(prepare.output, scan.rows_in, time.monotonic() - started)
         stats["phase_seconds"] = _phases(clock, time.monotonic())
-        if stats["rows_in"] != stats["rows_out"] + stats["rows_rejected"]:
-            raise RuntimeError(
-                f"rows_in {stats['rows_in']} != rows_out {stats['rows_out']} + rows_rejected "
-                f"{stats['rows_rejected']}: rows were lost or doubled; the output is left incomplete"
-            )
-        uris.write_text(uris.join(prepare.output, STATS_FILE), json.dumps(stats, indent=2) + "\n")
-        uris.write_marker(
-            prepare.output,
-            {
-                "stage": "prepare",
-                "stats": stats,
-                "config_fingerprint": settings_fingerprint,
-                "manifest_fingerprint": manifest_fingerprint,
-                "manifest": prepare.manifest,
-            },
-        )
+        finish_output(prepare, stats, manifest_fingerprint)
         if run is not None:
             _log_run(prepare, stats)
-    return PrepareOutcome(stats, False)
+    return PrepareOutcome(stats, skipped=False)
 
 
 def _phases(clock: dict[str, float], now: float) -> dict[str, float]:
@@ -173,61 +135,6 @@ def _phases(clock: dict[str, float], now: float) -> dict[str, float]:
     ]
     names = ("ray_start", "scan", "pipeline", "ray_stop", "count")
     return {name: round(b - a, 3) for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)}
-
-
-def _check_settings(prepare: PrepareConfig) -> None:
-    if not prepare.manifest:
-        raise UserFacingError("no manifest: pass --manifest URI (or prepare.manifest=URI)")
-    if not prepare.output:
-        raise UserFacingError("no output: pass --output URI (or prepare.output=URI)")
-    bad_codes = [
-        c for c in prepare.holdout_countries if not (isinstance(c, str) and len(c) == 2 and c.isupper())
-    ]
-    if bad_codes:
-        raise UserFacingError(
-            f"prepare.holdout_countries: got {bad_codes!r}, expected ISO alpha-2 codes such as 'DE'"
-        )
-    if prepare.holdout_countries and "test" not in prepare.splits:
-        raise UserFacingError(
-            f"prepare.holdout_countries sends rows to the 'test' split, but prepare.splits has "
-            f"only {sorted(prepare.splits)}"
-        )
-    manifest_dir = uris.filesystem(prepare.manifest)[1].rstrip("/") + "/"
-    if uris.is_s3(prepare.manifest) == uris.is_s3(prepare.output) and (
-        uris.filesystem(prepare.output)[1].rstrip("/") + "/"
-    ).startswith(manifest_dir):
-        raise UserFacingError(
-            f"--output {prepare.output} is inside the manifest {prepare.manifest}; its Parquet files "
-            "would be read as manifest files next time: choose an output elsewhere"
-        )
-
-
-def _finished_stats(
-    marker: dict[str, Any], prepare: PrepareConfig, manifest_fingerprint: str, settings_fingerprint: str
-) -> dict[str, Any]:
-    """The stats of a complete output made from the same inputs; UserFacingError otherwise."""
-    differs = [
-        what
-        for what, key, expected in (
-            ("manifest files", "manifest_fingerprint", manifest_fingerprint),
-            ("prepare settings", "config_fingerprint", settings_fingerprint),
-        )
-        if marker.get(key) != expected
-    ]
-    if differs:
-        raise UserFacingError(
-            f"{prepare.output} is already a complete output made from other {' and '.join(differs)} "
-            f"(manifest {marker.get('manifest')!r}); pass --overwrite to replace it, or choose another --output"
-        )
-    return marker["stats"]
-
-
-def _clear_output(output: str) -> None:
-    """Remove the marker first (a crash mid-way never leaves an old marker over new files), then
-    every entry a run writes; anything else in the output folder is left alone."""
-    uris.remove_tree(uris.join(output, uris.MARKER_NAME))
-    for entry in OUTPUT_ENTRIES:
-        uris.remove_tree(uris.join(output, entry))
 
 
 def _connect_ray() -> bool:

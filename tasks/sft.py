@@ -17,17 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from geor_core.config import GeorConfig, build_config
+from geor_core.config import GeorConfig
 from geor_core.dataset import read_prepared
-from tasks.training_run import (
-    FaultInjectionCallback,
-    TrainingResult,
-    check_training_inputs,
-    export_and_report,
-    launch_training,
-    prepare_worker,
-    train_with_resume,
-)
+from tasks.training_run import TrainingResult, check_training_inputs, launch_training
+from tasks.training_worker import finish_worker, setup_worker
 
 
 def check_inputs(cfg: GeorConfig, data_uri: str, model_uri: str) -> dict[str, Any]:
@@ -54,41 +47,14 @@ def run_sft(
 
 def sft_worker_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: build the SFTTrainer, resume from Ray's checkpoint, train, export."""
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from ray.train.huggingface.transformers import prepare_trainer
 
-    from geor_core.models import apply_lora, load_model, load_processor
-    from geor_core.sft_setup import SFT_COLUMNS, build_sft_trainer, per_device_batch_size
-    from geor_core.train_callbacks import MlflowMetricsCallback
+    from geor_core.sft_setup import SFT_COLUMNS, build_sft_trainer
 
-    context, scratch = prepare_worker(config)
-    cfg = build_config(config["cfg"])
-    rank, world = context.get_world_rank(), context.get_world_size()
-    model_cfg = cfg.model
-    model_cfg.name_or_path = config["model_uri"]
-    processor = load_processor(model_cfg)
-    model = apply_lora(load_model(model_cfg), model_cfg.lora)
+    setup = setup_worker(config, "sft")
     train = read_prepared(config["data_uri"], "train", SFT_COLUMNS)
-    val = read_prepared(config["data_uri"], "val", SFT_COLUMNS).slice(0, cfg.sft.val_rows)
-    global_batch = per_device_batch_size(cfg.sft) * world * cfg.sft.gradient_accumulation_steps
-    callbacks = [
-        RayTrainReportCallback(),
-        MlflowMetricsCallback(config["run_id"] if rank == 0 else None, global_batch),
-        *FaultInjectionCallback.from_env(rank),
-    ]
-    trainer = build_sft_trainer(cfg, model, processor, train, val, str(scratch / "trainer"), callbacks)
-    trainer = prepare_trainer(trainer)
-    resumed_from = train_with_resume(trainer)
-    export_and_report(
-        trainer,
-        processor,
-        lora=model_cfg.lora.enabled,
-        scratch=scratch,
-        export_uri=config["export_uri"],
-        marker={
-            "stage": "sft",
-            "resumed_from_step": resumed_from,
-            "data": config["data_uri"],
-            "base_model": config["model_uri"],
-            "config_hash": cfg.fingerprint(),
-        },
+    val = read_prepared(config["data_uri"], "val", SFT_COLUMNS).slice(0, setup.cfg.sft.val_rows)
+    trainer = build_sft_trainer(
+        setup.cfg, setup.model, setup.processor, train, val, str(setup.scratch / "trainer"), setup.callbacks
     )
+    finish_worker(prepare_trainer(trainer), setup, config, "sft")

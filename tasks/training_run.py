@@ -1,11 +1,10 @@
-"""What the Ray Train stages (SFT, GRPO) share: scaling and run configs, checks made before any
-worker starts, and a fault-injection hook for testing recovery."""
+"""The driver side of the Ray Train stages (SFT, GRPO): checks made before any worker starts,
+scaling and run configs, and the launch inside the stage's MLflow run (see training_worker for
+what each worker does)."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -19,8 +18,7 @@ from geor_core.deepspeed_config import deepspeed_config
 from geor_core.errors import UserFacingError
 from geor_core.models import resolve_source
 from geor_core.tracking import log_dataset, stage_run, tracking_env
-
-FAULT_STEP_ENV = "GEOR_FAULT_KILL_AT_STEP"  # "STEP:RANK:FLAG_FILE": exit once at STEP on RANK
+from tasks.training_worker import FAULT_STEP_ENV
 
 
 def scaling_config(stage: TrainingConfig) -> Any:
@@ -98,97 +96,6 @@ def check_resources(stage: TrainingConfig) -> None:
             f"use_gpu=true with {stage.num_workers} workers needs {stage.num_workers} GPUs; the cluster has "
             f"{int(total.get('GPU', 0))}"
         )
-
-
-class FaultInjectionCallback:
-    """Kills one worker process once, at a given step, to test recovery (``GEOR_FAULT_KILL_AT_STEP``)."""
-
-    @staticmethod
-    def from_env(rank: int) -> list:
-        spec = os.environ.get(FAULT_STEP_ENV)
-        if not spec:
-            return []
-        from transformers import TrainerCallback
-
-        step, fault_rank, flag = spec.split(":", 2)
-
-        class _Kill(TrainerCallback):
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                if rank == int(fault_rank) and state.global_step == int(step) and not os.path.exists(flag):
-                    Path(flag).touch()
-                    os._exit(1)
-
-        return [_Kill()]
-
-
-def prepare_worker(config: dict[str, Any]) -> tuple[Any, Path]:
-    """First thing in a worker: its env, a clean scratch folder shared by the node's ranks."""
-    import ray.train
-    import torch.distributed as dist
-
-    os.environ.update(config["env"])
-    context = ray.train.get_context()
-    scratch = Path(config["scratch"])
-    if context.get_local_rank() == 0:
-        shutil.rmtree(scratch, ignore_errors=True)  # stale checkpoints of a failed attempt
-        scratch.mkdir(parents=True)
-    if dist.is_initialized():
-        dist.barrier()
-    return context, scratch
-
-
-def train_with_resume(trainer: Any) -> int:
-    """``trainer.train()``, from Ray's latest checkpoint when there is one; returns its step (0: fresh)."""
-    import ray.train
-    from ray.train.huggingface.transformers import RayTrainReportCallback
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        trainer.train()
-        return 0
-    with checkpoint.as_directory() as directory:
-        hf_checkpoint = os.path.join(directory, RayTrainReportCallback.CHECKPOINT_NAME)
-        state = Path(hf_checkpoint) / "trainer_state.json"
-        resumed_from = int(json.loads(state.read_text()).get("global_step", 0)) if state.is_file() else 0
-        trainer.train(resume_from_checkpoint=hf_checkpoint)
-    return resumed_from
-
-
-def export_and_report(
-    trainer: Any, processor: Any, *, lora: bool, scratch: Path, export_uri: str, marker: dict[str, Any]
-) -> None:
-    """Export the final model in Hugging Face format (rank 0 publishes it, marker last), then the
-    final report every rank makes. Under ZeRO-3 ``save_model`` gathers the shards (a collective);
-    LoRA adapters are merged so plain transformers loads the export."""
-    import ray.train
-    import torch.distributed as dist
-
-    from geor_core.export import publish_model_dir
-
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    export_dir = scratch / "export"
-    if lora:
-        if rank == 0:
-            trainer.model.merge_and_unload().save_pretrained(export_dir, safe_serialization=True)
-    else:
-        trainer.save_model(str(export_dir))
-    if rank == 0:
-        processor.save_pretrained(str(export_dir))
-        history = trainer.state.log_history
-        metrics: dict[str, float] = {}
-        for entry in history:
-            metrics.update({k: float(v) for k, v in entry.items() if isinstance(v, int | float)})
-        publish_model_dir(
-            export_dir,
-            export_uri,
-            {"global_step": trainer.state.global_step, "metrics": metrics, "log_history": history, **marker},
-        )
-    if dist.is_initialized():
-        dist.barrier()
-    ray.train.report({"global_step": trainer.state.global_step})
-    if context.get_local_rank() == 0:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 MODEL_DIR = "model"

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from geor_core.config import load_config
 from geor_core.cor_rows import (
     DUPLICATE_ID,
     MISSING_ID,
@@ -29,6 +30,7 @@ from geor_core.image_check import IMAGE_MISSING, IMAGE_UNDECODABLE, check_images
 from geor_core.manifest import ColumnRoles, iter_batches, list_manifest_files, resolve_columns
 from geor_core.parse import parse_many
 from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block
+from geor_core.prepare_output import check_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STREET_IMAGES = FIXTURES / "streetscapes" / "images"
@@ -271,3 +273,24 @@ def test_a_prepared_output_is_read_only_when_complete(tmp_path):
     assert read_prepared(str(tmp_path), "train").schema == OUTPUT_SCHEMA
     shutil.rmtree(tmp_path / "data")
     assert read_prepared(str(tmp_path)).num_rows == 0  # no shard at all (everything rejected)
+
+
+def test_settings_that_cannot_work_are_refused_before_anything_runs(tmp_path):
+    def settings(**values):
+        return load_config(None, [f"prepare.{k}={v}" for k, v in values.items()]).prepare
+
+    manifest, output = str(tmp_path / "m"), str(tmp_path / "out")
+    check_settings(settings(manifest=manifest, output=output, holdout_countries="[NZ]"))
+    with pytest.raises(UserFacingError, match="inside the manifest"):
+        check_settings(settings(manifest=manifest, output=f"{manifest}/prepared"))
+    with pytest.raises(UserFacingError, match="only \\['train', 'val'\\]"):
+        check_settings(settings(manifest=manifest, output=output, holdout_countries="[NZ]",
+                                splits="{train: 0.9, val: 0.1}"))  # fmt: skip
+
+
+def test_tsv_splits_on_tabs(tmp_path):
+    path = tmp_path / "m.tsv"
+    path.write_text("id\tlat\tlon\tnote\nA\t1.5\t2\ta, b\n")
+    table, malformed = _read_all(path)
+    assert table.to_pydict() == {"id": ["A"], "lat": ["1.5"], "lon": ["2"], "note": ["a, b"]}
+    assert malformed == []

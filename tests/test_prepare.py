@@ -19,6 +19,7 @@ import pytest
 
 from flows.cli import main
 from geor_core.config import load_config
+from geor_core.cor_rows import REASON_CODES
 from geor_core.countries import country_code
 from geor_core.dataset import read_prepared, read_rejects
 from geor_core.errors import UserFacingError
@@ -91,12 +92,14 @@ def test_yfcc4k_through_the_cli_reads_lon_before_lat_and_quoted_commas(ray_clust
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     with manifest.open(encoding="utf-8", newline="") as handle:
         truth = {row["name"]: (float(row["lat"]), float(row["lon"])) for row in csv.DictReader(handle)}
-    assert stats["rows_in"] == len(truth) == 4536
-    assert stats["rows_in"] == stats["rows_out"] + stats["rows_rejected"]
+    assert stats["rows_in"] == stats["rows_out"] == len(truth) == 4536  # every row is usable
     rows = read_prepared(str(tmp_path / "out"), columns=["id", "lat", "lon"]).to_pylist()
-    assert len(rows) == stats["rows_out"] > 4400
+    assert len(rows) == 4536
     assert all((r["lat"], r["lon"]) == truth[r["id"]] for r in rows)
     assert not stats["skipped"]
+    assert main([*argv, "--id-col", "name"]) == 0  # lat / lon are the default names anyway
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["skipped"] and "already complete" in err
 
 
 def _write_broken_manifest(folder: Path) -> None:
@@ -153,6 +156,7 @@ def test_a_broken_manifest_yields_every_reason_code(ray_cluster, tmp_path):
         "malformed_line": 2,
     }
     assert stats["rejects_by_reason"] == expected
+    assert set(expected) == set(REASON_CODES)  # the manifest exercises every reason there is
     assert (stats["rows_in"], stats["rows_out"]) == (21, 4)
     rows = read_prepared(str(tmp_path / "out")).to_pandas().set_index("id")
     assert sorted(rows.index) == ["dup1", "ok1", "ok3", "ok4"]
@@ -176,6 +180,14 @@ def test_a_broken_manifest_yields_every_reason_code(ray_cluster, tmp_path):
         str(tmp_path / "broken" / "b.csv")
     }
     assert rejects.loc[rejects["reason"] == "missing_id", "comment"].tolist() == ["no id"]
+
+    kept_all = _prepare(
+        tmp_path / "broken", tmp_path / "out-all", "prepare.check_images=true", "prepare.dedupe=false"
+    )
+    assert "duplicate_id" not in kept_all.stats["rejects_by_reason"]
+    assert sorted(read_prepared(str(tmp_path / "out-all"), columns=["id"])["id"].to_pylist()) == [
+        "dup1", "dup1", "dup1", "ok1", "ok3", "ok4"
+    ]  # fmt: skip
 
 
 def _streetscapes_copy(folder: Path) -> Path:

@@ -17,7 +17,7 @@ from geor_core import uris
 from geor_core.config import ConfigError, load_config
 from geor_core.errors import UserFacingError
 from tasks.sft import check_inputs, run_sft
-from tasks.training_run import FAULT_STEP_ENV
+from tasks.training_worker import FAULT_STEP_ENV
 
 SHORT = ["sft.max_steps=12", "sft.logging_steps=2", "sft.eval_steps=6", "sft.save_steps=6"]
 TWO_WORKERS = ["sft.num_workers=2", "sft.cpus_per_worker=0.5", "sft.per_device_batch_size=4"]
@@ -81,7 +81,9 @@ def test_killed_worker_resumes_from_its_checkpoint(prepared_world, tiny_model_di
     be lost; the run must resume from 12 or 18, never from scratch, and finish all 24 steps."""
     monkeypatch.setenv(FAULT_STEP_ENV, f"20:1:{tmp_path / 'killed-once'}")
     overrides = [*SHORT, *TWO_WORKERS, "sft.max_steps=24", "sft.max_failures=1"]
-    result = run_sft(load_config("test", overrides), prepared_world, str(tiny_model_dir), str(tmp_path / "out"))
+    result = run_sft(
+        load_config("test", overrides), prepared_world, str(tiny_model_dir), str(tmp_path / "out")
+    )
     assert (tmp_path / "killed-once").exists(), "the fault was never injected"
     assert result.resumed_from_step in (12, 18), f"resumed from step {result.resumed_from_step}"
     assert result.global_step == 24
@@ -140,7 +142,10 @@ def test_shared_sft_checkpoint_learns_the_chain_format(sft_checkpoint, prepared_
         parsed = [parse_completion(t) for t in texts]
         scores[name] = {
             "format_rate": sum(p.format_ok for p in parsed) / len(rows),
-            "country_acc": sum(country_code(p.country or "") == r["country_code"] for p, r in zip(parsed, rows)) / len(rows),
+            "country_acc": sum(
+                country_code(p.country or "") == r["country_code"] for p, r in zip(parsed, rows, strict=True)
+            )
+            / len(rows),
         }
     print(json.dumps({"sft_learning": scores, "rows": len(rows)}))
     assert scores["sft"]["format_rate"] >= 0.9

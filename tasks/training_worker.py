@@ -1,0 +1,173 @@
+"""What runs inside each Ray Train worker of a training stage (SFT, GRPO): set-up, training with
+resume from Ray's checkpoint, the Hugging Face export and the final report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geor_core.config import GeorConfig
+
+FAULT_STEP_ENV = "GEOR_FAULT_KILL_AT_STEP"  # "STEP:RANK:FLAG_FILE": exit once at STEP on RANK
+
+
+class FaultInjectionCallback:
+    """Kills one worker process once, at a given step, to test recovery (``GEOR_FAULT_KILL_AT_STEP``)."""
+
+    @staticmethod
+    def from_env(rank: int) -> list:
+        spec = os.environ.get(FAULT_STEP_ENV)
+        if not spec:
+            return []
+        from transformers import TrainerCallback
+
+        step, fault_rank, flag = spec.split(":", 2)
+
+        class _Kill(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if rank == int(fault_rank) and state.global_step == int(step) and not os.path.exists(flag):
+                    Path(flag).touch()
+                    os._exit(1)
+
+        return [_Kill()]
+
+
+def prepare_worker(config: dict[str, Any]) -> tuple[Any, Path]:
+    """First thing in a worker: its env, a clean scratch folder shared by the node's ranks."""
+    import ray.train
+    import torch.distributed as dist
+
+    os.environ.update(config["env"])
+    context = ray.train.get_context()
+    scratch = Path(config["scratch"])
+    if context.get_local_rank() == 0:
+        shutil.rmtree(scratch, ignore_errors=True)  # stale checkpoints of a failed attempt
+        scratch.mkdir(parents=True)
+    if dist.is_initialized():
+        dist.barrier()
+    return context, scratch
+
+
+def train_with_resume(trainer: Any) -> int:
+    """``trainer.train()``, from Ray's latest checkpoint when there is one; returns its step (0: fresh)."""
+    import ray.train
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        trainer.train()
+        return 0
+    with checkpoint.as_directory() as directory:
+        hf_checkpoint = os.path.join(directory, RayTrainReportCallback.CHECKPOINT_NAME)
+        state = Path(hf_checkpoint) / "trainer_state.json"
+        resumed_from = int(json.loads(state.read_text()).get("global_step", 0)) if state.is_file() else 0
+        trainer.train(resume_from_checkpoint=hf_checkpoint)
+    return resumed_from
+
+
+def export_and_report(
+    trainer: Any, processor: Any, *, lora: bool, scratch: Path, export_uri: str, marker: dict[str, Any]
+) -> None:
+    """Export the final model in Hugging Face format (rank 0 publishes it, marker last), then the
+    final report every rank makes. Under ZeRO-3 ``save_model`` gathers the shards (a collective);
+    LoRA adapters are merged so plain transformers loads the export."""
+    import ray.train
+    import torch.distributed as dist
+
+    from geor_core.export import publish_model_dir
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    export_dir = scratch / "export"
+    if lora:
+        if rank == 0:
+            trainer.model.merge_and_unload().save_pretrained(export_dir, safe_serialization=True)
+    else:
+        trainer.save_model(str(export_dir))
+    if rank == 0:
+        processor.save_pretrained(str(export_dir))
+        history = trainer.state.log_history
+        metrics: dict[str, float] = {}
+        for entry in history:
+            metrics.update({k: float(v) for k, v in entry.items() if isinstance(v, int | float)})
+        publish_model_dir(
+            export_dir,
+            export_uri,
+            {"global_step": trainer.state.global_step, "metrics": metrics, "log_history": history, **marker},
+        )
+    if dist.is_initialized():
+        dist.barrier()
+    ray.train.report({"global_step": trainer.state.global_step})
+    if context.get_local_rank() == 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass
+class WorkerSetup:
+    """What every training worker builds before its trainer: config, model, processor, callbacks."""
+
+    cfg: GeorConfig
+    scratch: Path
+    model: Any
+    processor: Any
+    callbacks: list
+
+
+def setup_worker(config: dict[str, Any], stage: str) -> WorkerSetup:
+    """Env and scratch, the config, the model (with LoRA when configured) and the callbacks:
+    Ray's checkpoint reporting, rank-0 MLflow metrics and the fault-injection hook."""
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    from geor_core.config import build_config
+    from geor_core.models import apply_lora, load_model, load_processor
+    from geor_core.sft_setup import per_device_batch_size
+    from geor_core.train_callbacks import MlflowMetricsCallback
+
+    context, scratch = prepare_worker(config)
+    cfg = build_config(config["cfg"])
+    settings = getattr(cfg, stage)
+    rank = context.get_world_rank()
+    cfg.model.name_or_path = config["model_uri"]
+    processor = load_processor(cfg.model)
+    model = apply_lora(load_model(cfg.model), cfg.model.lora)
+    global_batch = (
+        per_device_batch_size(settings) * context.get_world_size() * settings.gradient_accumulation_steps
+    )
+    callbacks = [
+        RayTrainReportCallback(),
+        MlflowMetricsCallback(config["run_id"] if rank == 0 else None, global_batch),
+        *FaultInjectionCallback.from_env(rank),
+    ]
+    return WorkerSetup(cfg, scratch, model, processor, callbacks)
+
+
+def finish_worker(
+    trainer: Any,
+    setup: WorkerSetup,
+    config: dict[str, Any],
+    stage: str,
+    extra_marker: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """Train (resuming when Ray has a checkpoint), then export and report with lineage in the
+    marker; ``extra_marker`` is called after training for stage-specific fields."""
+    resumed_from = train_with_resume(trainer)
+    export_and_report(
+        trainer,
+        setup.processor,
+        lora=setup.cfg.model.lora.enabled,
+        scratch=setup.scratch,
+        export_uri=config["export_uri"],
+        marker={
+            "stage": stage,
+            "resumed_from_step": resumed_from,
+            "data": config["data_uri"],
+            "base_model": config["model_uri"],
+            "config_hash": setup.cfg.fingerprint(),
+            **(extra_marker() if extra_marker else {}),
+        },
+    )

@@ -1,0 +1,305 @@
+"""`geor evaluate`: the predictions table, the analysis and plots (unit), and on the shared Ray
+cluster: every row scored, metrics equal to `geor score`, a two-model comparison with the
+untrained (garbage) model fully reported, MLflow runs, and a killed run resuming shard by shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from flows import evaluate as evaluate_command
+from flows.cli import main
+from geor_core import gazetteer, plots, shards, uris
+from geor_core.analysis import cor_consistency, level_summary, per_country, worst
+from geor_core.config import RewardConfig, load_config
+from geor_core.dataset import read_prepared
+from geor_core.evaluation_report import COMPARISON_COLUMNS, comparison_rows, score_predictions
+from geor_core.geo import haversine_km
+from geor_core.predictions import EVALUATION_SCHEMA, evaluation_predictions
+from geor_core.published import detect_benchmark, published_rows
+from geor_core.rewards import score_completions
+from geor_core.scoring import read_table, score_files
+from tests.plugins.models import run_command
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FAST = ["eval.max_new_tokens=96", "eval.batch_size=8", "eval.rows_per_shard=8"]
+PARIS, TOKYO, LAGOS, OSAKA = (48.8534, 2.3488), (35.6895, 139.69171), (6.45407, 3.39467), (34.69, 135.50)
+
+
+def assert_png(data: bytes) -> None:
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1000
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+
+
+def truth_table(points: list[tuple[float, float]]) -> pa.Table:
+    """Prepared-format truth rows at ``points``, labelled by the gazetteer like `geor prepare`."""
+    lat, lon = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    place = gazetteer.lookup(lat, lon)
+    return pa.table(
+        {
+            "id": [f"r{i}" for i in range(len(points))],
+            "split": ["test"] * len(points),
+            "image": [f"/photos/{i}.jpg" for i in range(len(points))],
+            "lat": lat,
+            "lon": lon,
+            "country_code": place["country_code"].tolist(),
+            "country": place["country_name"].tolist(),
+            "state": place["admin1"].tolist(),
+            "city": place["city"].tolist(),
+        }
+    )
+
+
+def answer(country: str, state: str, city: str, lat: float, lon: float) -> str:
+    return f"<think>...</think><answer>Country: {country}; State: {state}; City: {city}; Coordinates: ({lat}, {lon})</answer>"
+
+
+@pytest.fixture(scope="module")
+def scored_table() -> pd.DataFrame:
+    truth = truth_table([PARIS, TOKYO, LAGOS, PARIS])
+    paris = truth.slice(0, 1).to_pylist()[0]
+    completions = [
+        answer(paris["country"], paris["state"], paris["city"], 48.86, 2.35),  # right, and consistent
+        answer("France", "Ile-de-France", "Paris", 48.86, 2.35),  # names France, point in France, truth Japan
+        "rainerainerain",  # garbage: no pair
+        answer("Japan", "Osaka", "Osaka", *OSAKA),  # names Japan with a point in Japan; truth Paris
+    ]
+    errors = ["", "", "", ""]
+    table = evaluation_predictions(truth, completions, errors, RewardConfig())
+    assert table.schema == EVALUATION_SCHEMA
+    return table.to_pandas()
+
+
+def test_predictions_table_keeps_every_row_and_scores_it(scored_table):
+    df = scored_table
+    assert len(df) == 4 and df["id"].tolist() == ["r0", "r1", "r2", "r3"]
+    assert np.isnan(df.loc[2, "lat"]) and df.loc[2, "parse_error"] == "no_pair" and not df.loc[2, "format_ok"]
+    expected_km = haversine_km(df["lat"], df["lon"], df["truth_lat"], df["truth_lon"])
+    np.testing.assert_allclose(df["error_km"], expected_km, equal_nan=True)
+    rewards = score_completions(
+        df["completion"].tolist(),
+        df["truth_lat"],
+        df["truth_lon"],
+        df["truth_country_code"].tolist(),
+        df["truth_state"].tolist(),
+        df["truth_city"].tolist(),
+        cfg=RewardConfig(),
+    )
+    for component in ("distance", "format", "chain", "region", "combined"):
+        np.testing.assert_allclose(df[f"reward_{component}"], rewards[component])
+    assert df["country_match"].tolist() == [True, False, False, False]
+    assert df.loc[0, "state_match"] and df.loc[0, "city_match"]
+    assert df["point_country_code"].tolist()[:2] == ["FR", "FR"] and df.loc[3, "point_country_code"] == "JP"
+    assert df["cor_country_consistent"].tolist() == [True, True, False, True]
+
+
+def test_analysis_levels_consistency_countries_and_worst(scored_table):
+    levels = level_summary(scored_table)
+    assert levels["country_match_rate"] == 25.0 and levels["state_given_country_rate"] == 100.0
+    consistency = cor_consistency(scored_table)
+    assert consistency["n_with_point"] == 3 and consistency["country_consistent_rate"] == 100.0
+    countries = per_country(scored_table, top_n=1)
+    assert countries["country_code"].tolist() == ["FR"] and countries.loc[0, "n"] == 2
+    assert countries.loc[0, "acc_25km"] == 50.0 and countries.loc[0, "country_match_rate"] == 50.0
+    ranked = worst(scored_table, 3)
+    assert ranked["id"].tolist() == ["r2", "r1", "r3"]  # missing first, then the largest errors
+    assert ranked.loc[0, "completion"] == "rainerainerain"
+
+
+def test_metrics_come_from_score_and_count_every_row(scored_table, tmp_path):
+    path = tmp_path / "predictions.parquet"
+    scored_table.to_parquet(path)
+    ours = score_predictions(scored_table)
+    theirs = score_files(str(path), str(path), text_col="completion", lat_col="truth_lat", lon_col="truth_lon")
+    assert {k: v for k, v in theirs.items() if k not in ("predictions", "truth")} == ours
+    assert ours["n"] == 4 and ours["n_missing"] == 1 and ours["acc_25km"] == 25.0
+    assert ours["country_match_rate"] == level_summary(scored_table)["country_match_rate"]
+
+
+def test_plots_are_png_even_for_missing_predictions(scored_table):
+    empty = scored_table.iloc[0:0]
+    assert_png(plots.error_cdf_png({"a": scored_table["error_km"], "garbage": np.full(5, np.nan)}))
+    assert_png(plots.world_map_png(scored_table["lat"], scored_table["lon"], scored_table["truth_lat"], scored_table["truth_lon"]))
+    assert_png(plots.world_map_png(np.full(3, np.nan), np.full(3, np.nan)))
+    assert_png(plots.country_bars_png(per_country(scored_table, 5)))
+    assert_png(plots.country_bars_png(per_country(empty, 5)))
+
+
+def test_published_rows_are_detected_and_added_to_the_comparison():
+    assert detect_benchmark("s3://bucket/IM2GPS-3K/prepared") == "im2gps3k"
+    assert detect_benchmark("runs/prepared", "/data/yfcc_4k/manifest.csv") == "yfcc4k"
+    assert detect_benchmark("runs/world") is None
+    rows = comparison_rows([("ours", "/m", {"n": 10, "acc_1km": 5.0})], "im2gps3k")
+    assert [r["model"] for r in rows] == ["ours", "Geo-R", "GeoCLIP", "PIGEON", "G3"]
+    assert rows[1]["acc_200km"] == 58.31 and rows[1]["n"] is None
+    assert all(set(r) == set(COMPARISON_COLUMNS) for r in rows)
+    assert published_rows("yfcc4k")[0]["acc_2500km"] == 75.8
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        published_rows("mp16")
+
+
+def test_model_labels_are_unique_and_can_be_named():
+    from tasks.evaluate import model_labels
+
+    pairs = model_labels(["runs/a/model", "runs/b/model/", "sft=runs/c", "models:/geo@champion", "s3://b/x"])
+    assert pairs == [
+        ("model", "runs/a/model"),
+        ("model-2", "runs/b/model/"),
+        ("sft", "runs/c"),
+        ("geo-champion", "models:/geo@champion"),
+        ("x", "s3://b/x"),
+    ]
+
+
+def test_shards_resume_only_with_the_same_fingerprint_and_ids(tmp_path):
+    directory = str(tmp_path / "p")
+    plan = shards.plan_shards([f"id{i}" for i in range(10)], 4)
+    assert [(s.start, s.stop) for s in plan] == [(0, 4), (4, 8), (8, 10)]
+    table = pa.table({"id": [f"id{i}" for i in range(4)]})
+    shards.write_shard(directory, plan[0], table, "fp1")
+    assert shards.is_done(directory, plan[0], "fp1")
+    assert not shards.is_done(directory, plan[0], "fp2")
+    moved = shards.plan_shards([f"other{i}" for i in range(4)], 4)[0]
+    assert not shards.is_done(directory, moved, "fp1")
+    with pytest.raises(ValueError, match="covers 4 input rows but 3"):
+        shards.write_shard(directory, plan[1], table.slice(0, 3), "fp1")
+    shards.write_shard(directory, plan[2], table.slice(0, 2), "fp1")
+    assert shards.remove_beyond(directory, 2) and not uris.exists(shards.shard_uri(directory, 2))
+    assert shards.is_done(directory, plan[0], "fp1")
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path):
+    code = main(["evaluate", "--data", str(tmp_path), "--model", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert code == 2
+    assert "has no config.json" in capsys.readouterr().err
+
+
+# --- on the shared Ray cluster ------------------------------------------------------------------
+
+
+def _evaluate(argv: list[str], capsys) -> dict:
+    assert run_command(evaluate_command, argv) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_two_models_each_fully_reported_and_equal_to_geor_score(
+    ray_cluster, prepared_world, tiny_model_dir, sft_checkpoint, mlflow_server, tmp_path, capsys
+):
+    output = tmp_path / "eval"
+    overrides = [*FAST, "eval.splits=[val,test]", "eval.max_rows=12", "eval.num_actors=2", f"tracking.uri={mlflow_server}"]
+    summary = _evaluate(
+        ["--data", prepared_world, "--model", f"untrained={tiny_model_dir}", "--model", sft_checkpoint.export_uri,
+         "--output", str(output), "--config", "test", *overrides],
+        capsys,
+    )  # fmt: skip
+    expected_ids = [
+        *read_prepared(prepared_world, "val", ["id"]).column(0).to_pylist()[:12],
+        *read_prepared(prepared_world, "test", ["id"]).column(0).to_pylist()[:12],
+    ]
+    assert list(summary["models"]) == ["untrained", "model"]
+    reports = {}
+    for label in ("untrained", "model"):
+        directory = output / "models" / label
+        predictions = read_table(str(directory / "predictions"))
+        assert predictions["id"].tolist() == expected_ids  # rows in = rows scored, in order
+        report = json.loads((directory / "metrics.json").read_text())
+        reports[label] = report
+        assert report["metrics"]["n"] == 24 and sum(report["splits"][s]["n"] for s in ("val", "test")) == 24
+        same = score_files(
+            str(directory / "predictions"),
+            str(directory / "predictions"),
+            text_col="completion",
+            lat_col="truth_lat",
+            lon_col="truth_lon",
+        )
+        assert {k: v for k, v in same.items() if k not in ("predictions", "truth")} == report["metrics"]
+        val_rows = predictions[predictions["split"] == "val"]
+        assert score_predictions(val_rows) == report["splits"]["val"]
+        for name in ("error_cdf.png", "world_map.png", "per_country.png"):
+            assert_png((directory / "plots" / name).read_bytes())
+        assert len(pd.read_csv(directory / "worst.csv")) == min(24, load_config("test").eval.worst_n)
+        assert (directory / "per_country.md").read_text().startswith("| country_code |")
+
+    garbage = reports["untrained"]["metrics"]
+    assert garbage["n_missing"] == 24 and garbage["format_rate"] == 0.0 and garbage["acc_2500km"] == 0.0
+    assert sum(garbage["missing_reasons"].values()) == 24
+    trained = reports["model"]["metrics"]
+    assert trained["format_rate"] >= 90.0 and trained["acc_750km"] >= 50.0
+    assert_png((output / "error_cdf.png").read_bytes())
+    comparison = json.loads((output / "comparison.json").read_text())
+    assert [row["model"] for row in comparison["rows"]] == ["untrained", "model"]
+    assert comparison["benchmark"] is None
+    assert uris.read_marker(str(output))["models"]["model"]["source"] == sft_checkpoint.export_uri
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("geo-r").experiment_id
+    (parent,) = client.search_runs([experiment], f"tags.`geor.output` = '{output}'")
+    assert parent.data.metrics["model/acc_750km"] == trained["acc_750km"]
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    child = {run.data.tags["geor.model_label"]: run for run in children}
+    assert set(child) == {"untrained", "model"}
+    sft_run = child["model"]
+    assert sft_run.data.tags["geor.predictions_uri"] == str(output / "models" / "model" / "predictions")
+    assert sft_run.data.metrics["acc_200km"] == trained["acc_200km"] and "val/acc_200km" in sft_run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(sft_run.info.run_id)}
+    assert {"per_country.json", "worst.json", "metrics.json", "plots"} <= artifacts
+    plot_files = {a.path for a in client.list_artifacts(sft_run.info.run_id, "plots")}
+    assert "plots/world_map.png" in plot_files
+
+
+def test_killed_evaluate_resumes_without_redoing_finished_shards(ray_cluster, prepared_world, sft_checkpoint, tmp_path, capsys):
+    output = tmp_path / "eval"
+    argv = ["--data", prepared_world, "--model", sft_checkpoint.export_uri, "--output", str(output),
+            "--config", "test", *FAST, "eval.max_rows=24"]  # fmt: skip
+    first = _evaluate(argv, capsys)["models"]["model"]
+    assert first["shards_computed"] == 3 and first["shards_skipped"] == 0
+    predictions = output / "models" / "model" / "predictions"
+    before = pd.read_parquet(predictions / "part-00001.parquet")
+    # The state a crash leaves: shard 1 written but not marked, shard 2 never written.
+    (predictions / "_markers" / "part-00001.json").unlink()
+    (predictions / "part-00002.parquet").unlink()
+    (predictions / "_markers" / "part-00002.json").unlink()
+    (output / "_SUCCESS.json").unlink()
+    finished = os.stat(predictions / "part-00000.parquet").st_mtime_ns
+
+    from tasks.evaluate import run_evaluate
+
+    cfg = load_config("test", [*FAST, "eval.max_rows=24"])
+    result = run_evaluate(cfg, prepared_world, [sft_checkpoint.export_uri], str(output))
+    (evaluation,) = result.models
+    assert sorted(evaluation.inference.shards_computed) == [1, 2] and evaluation.inference.shards_skipped == 1
+    assert os.stat(predictions / "part-00000.parquet").st_mtime_ns == finished
+    assert evaluation.report.metrics["n"] == 24 and uris.is_complete(str(output))
+    again = pd.read_parquet(predictions / "part-00001.parquet")
+    assert again["completion"].tolist() == before["completion"].tolist()  # greedy: the same answers
+
+    bigger = run_evaluate(load_config("test", [*FAST, "eval.max_rows=0"]), prepared_world, [sft_checkpoint.export_uri], str(output))
+    n_test = read_prepared(prepared_world, "test", ["id"]).num_rows
+    assert bigger.models[0].report.metrics["n"] == n_test
+    assert bigger.models[0].inference.shards_skipped == 3  # only the rows beyond 24 were generated
+    assert len(read_table(str(predictions))) == n_test
+
+
+def test_evaluate_needs_models_and_known_splits(prepared_world, tiny_model_dir, tmp_path):
+    from geor_core.errors import UserFacingError
+    from tasks.evaluate import run_evaluate
+
+    with pytest.raises(UserFacingError, match="no rows in it"):
+        run_evaluate(load_config("test", ["eval.splits=[holdout]"]), prepared_world, [str(tiny_model_dir)], str(tmp_path))
+    with pytest.raises(UserFacingError, match="no model given"):
+        run_evaluate(load_config("test"), prepared_world, [], str(tmp_path))
+    assert not Path(tmp_path / "_SUCCESS.json").exists()
