@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
 .PHONY: install lint format test demo clean
+DEMO := runs/demo
+DEMO_CONFIG ?= tiny
+GEOR := $(BIN)/geor --config $(DEMO_CONFIG)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +28,22 @@ format: install
 
 test: lint
 	$(BIN)/pytest --durations=15
+
+# The main job on the embedded default: tiny model, synthetic world, local Ray, local MLflow
+# (sqlite under runs/). Each step skips when its output is complete, so a re-run resumes.
+demo: install
+	@mkdir -p $(DEMO)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/runs/mlflow.db}; export MLFLOW_TRACKING_URI; \
+	set -e; \
+	$(BIN)/geor make-tiny-model --config $(DEMO_CONFIG) --output $(DEMO)/tiny-model; \
+	$(BIN)/geor make-world --config $(DEMO_CONFIG) --output $(DEMO)/world; \
+	$(GEOR) prepare --manifest $(DEMO)/world/manifest.csv --output $(DEMO)/prepared; \
+	$(GEOR) sft --data $(DEMO)/prepared --model $(DEMO)/tiny-model --output $(DEMO)/sft; \
+	$(GEOR) mine-hard --data $(DEMO)/prepared --model $(DEMO)/sft/model --output $(DEMO)/hard; \
+	$(GEOR) grpo --data $(DEMO)/hard --model $(DEMO)/sft/model --output $(DEMO)/grpo; \
+	$(GEOR) evaluate --data $(DEMO)/prepared --output $(DEMO)/eval \
+	    --model base=$(DEMO)/tiny-model --model sft=$(DEMO)/sft/model --model sft+grpo=$(DEMO)/grpo/model; \
+	echo "MLflow: $$MLFLOW_TRACKING_URI  (browse: $(BIN)/mlflow ui --backend-store-uri $$MLFLOW_TRACKING_URI)"
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -11,9 +11,9 @@ written as files of ``--rows-per-file`` rows. Then runs, each in its own process
   process, no Ray.
 
 Prints one JSON object: for each, seconds (wall, process start to exit), job_seconds (the job's
-own clock; for Ray also per phase), rows_per_s, cpu_seconds and peak_rss_mb (CPU time and RSS
-summed over the process and all its descendants: driver, raylet, GCS and workers; sampled every
-0.2 s). Ray runs its workers at nice 0 here, like the baseline. Both outputs are checked to hold the same
+own clock; for Ray also per phase), rows_per_s, cpu_seconds, peak_rss_mb and peak_pss_mb (CPU
+time and memory summed over the process and all its descendants: driver, raylet, GCS and
+workers; see ``measure``). Ray runs its workers at nice 0 here, like the baseline. Both outputs are checked to hold the same
 rows. Stop it with Ctrl-C (SIGINT), which reaches the Ray driver and lets it shut its cluster down.
 """
 
@@ -74,31 +74,36 @@ def build_manifest(rows: int, rows_per_file: int, file_format: str, folder: Path
             pq.write_table(table, name)
 
 
-def measure(command: list[str], env: dict[str, str], log: Path) -> tuple[float, float, float, str]:
-    """(wall seconds, CPU seconds, peak RSS in MB, stdout) of one command and all its descendants,
-    sampled every 0.2 s; stderr goes to ``log``. CPU seconds do not depend on what else runs."""
+def measure(command: list[str], env: dict[str, str], log: Path) -> dict:
+    """Wall seconds, CPU seconds, peak memory and stdout of one command and all its descendants,
+    sampled every 0.2 s; stderr goes to ``log``. Memory is summed twice: as RSS, which counts a
+    page shared through Ray's object store once per process that maps it, and as PSS, which
+    splits shared pages among them (the honest total). CPU seconds do not depend on other load."""
     import psutil
 
     started = time.monotonic()
     with log.open("w") as stderr:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=ROOT, text=True)
-    peak, cpu_by_pid = 0, {}
+    peak_rss = peak_pss = peak_processes = 0
+    cpu_by_pid: dict[int, float] = {}
     parent = psutil.Process(proc.pid)
     try:
         while proc.poll() is None:
-            total = 0
+            rss = pss = 0
             try:
                 family = [parent, *parent.children(recursive=True)]
             except psutil.NoSuchProcess:
                 break
             for member in family:
                 try:
-                    total += member.memory_info().rss
+                    memory = member.memory_full_info()
                     times = member.cpu_times()
-                    cpu_by_pid[member.pid] = times.user + times.system
                 except psutil.NoSuchProcess:
                     continue
-            peak = max(peak, total)
+                rss, pss = rss + memory.rss, pss + memory.pss
+                cpu_by_pid[member.pid] = times.user + times.system
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            peak_processes = max(peak_processes, len(family))
             time.sleep(0.2)
         stdout, _ = proc.communicate()
     except KeyboardInterrupt:
@@ -108,7 +113,14 @@ def measure(command: list[str], env: dict[str, str], log: Path) -> tuple[float, 
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit code {proc.returncode}; see {log}")
-    return seconds, sum(cpu_by_pid.values()), peak / 2**20, stdout
+    return {
+        "seconds": seconds,
+        "cpu_seconds": sum(cpu_by_pid.values()),
+        "peak_rss_mb": peak_rss / 2**20,
+        "peak_pss_mb": peak_pss / 2**20,
+        "peak_processes": peak_processes,
+        "stdout": stdout,
+    }
 
 
 def single_process(manifest: str, output: str) -> dict:
@@ -214,14 +226,16 @@ def main() -> None:
                                   str(work / "out-single")]  # fmt: skip
     shutil.rmtree(work / "out-single", ignore_errors=True)  # the baseline has no overwrite logic
     for name, command in runs.items():
-        seconds, cpu_seconds, peak_mb, stdout = measure(command, env, work / f"{name}.log")
-        stats = json.loads(stdout.strip().splitlines()[-1])
+        measured = measure(command, env, work / f"{name}.log")
+        stats = json.loads(measured["stdout"].strip().splitlines()[-1])
         result[name] = {
-            "seconds": round(seconds, 2),
+            "seconds": round(measured["seconds"], 2),
             "job_seconds": stats["seconds"],
-            "rows_per_s": round(args.rows / seconds),
-            "cpu_seconds": round(cpu_seconds, 1),
-            "peak_rss_mb": round(peak_mb),
+            "rows_per_s": round(args.rows / measured["seconds"]),
+            "cpu_seconds": round(measured["cpu_seconds"], 1),
+            "peak_rss_mb": round(measured["peak_rss_mb"]),
+            "peak_pss_mb": round(measured["peak_pss_mb"]),
+            "peak_processes": measured["peak_processes"],
             "rows_out": stats["rows_out"],
             "rows_rejected": stats["rows_rejected"],
         }

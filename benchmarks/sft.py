@@ -18,7 +18,12 @@ intervals beyond ``--steps``, so the only save is the Trainer's final one. Ray's
 nice 0, like the baseline (Ray's default is nice 15, which on a shared machine decides the race).
 
 Per-step time comes from the Trainer itself: a TrainerCallback records a timestamp at every
-``on_step_end``; steady state is the mean over the steps after ``--warmup``. In the Ray runs the
+``on_step_end``; steady state is the mean (and the median) over the steps after ``--warmup``.
+Beside wall time it records the training process's CPU seconds and the seconds its threads
+waited on a run queue (Linux schedstat): the CPU per step is the work itself, the same whatever
+else the machine runs; the wait is what other load took. Each training process runs ``--threads``
+torch threads (default 1: on an oversubscribed 2-core machine, two OpenMP threads per process
+spin-wait for each other and a step can cost 10x its CPU). In the Ray runs the
 callback is attached by a thin wrapper around the stage's own worker loop (``sft_worker_loop``,
 unchanged), which writes the timings to a file. Fixed costs come from the same clock: process
 start, ``ray.init``, worker group start, model/data load, DeepSpeed init, export, teardown. The
@@ -51,6 +56,17 @@ RAY_CPUS = 2
 CONFIGS = {"bare": 1, "ray_1_worker": 1, "ray_2_workers": 2}  # name -> workers
 
 
+def _runqueue_wait_s() -> float:
+    """Seconds this process's threads have waited on a run queue (Linux schedstat; 0 elsewhere)."""
+    total = 0
+    for task in Path("/proc/self/task").glob("*/schedstat"):
+        try:
+            total += int(task.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 class StepTimer(TrainerCallback):
     """Wall-clock marks of one training process: trainer built, train begin/end, every step end."""
 
@@ -58,6 +74,7 @@ class StepTimer(TrainerCallback):
         self.marks: dict[str, float] = {}
         self.step_ends: list[float] = []
         self.step_cpu: list[float] = []  # this process's CPU seconds (all threads) at each step end
+        self.step_waits: list[float] = []  # its threads' seconds spent runnable but not running
         self.setup: dict[str, Any] = {}
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -79,6 +96,7 @@ class StepTimer(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.step_ends.append(time.time())
         self.step_cpu.append(time.process_time())
+        self.step_waits.append(_runqueue_wait_s())
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.marks["train_end"] = time.time()
@@ -88,6 +106,7 @@ class StepTimer(TrainerCallback):
             "marks": self.marks,
             "step_ends": self.step_ends,
             "step_cpu": self.step_cpu,
+            "step_waits": self.step_waits,
             "setup": self.setup,
         }
 
@@ -284,8 +303,11 @@ def measure(command: list[str], env: dict[str, str], log: Path) -> tuple[float, 
             time.sleep(0.5)
         proc.wait()
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+        proc.send_signal(signal.SIGINT)  # a Ray driver shuts its cluster down on SIGINT
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
         raise
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit code {proc.returncode}; see {log}")
@@ -306,7 +328,7 @@ def summarise(
 ) -> dict[str, Any]:
     """Per-step and fixed costs of one run, from its marks (all wall-clock, same machine)."""
     worker, marks = record["worker"], record["marks"]
-    w_marks, ends, cpu = worker["marks"], worker["step_ends"], worker["step_cpu"]
+    w_marks, ends, cpu, waits = worker["marks"], worker["step_ends"], worker["step_cpu"], worker["step_waits"]
     if len(ends) != steps:
         raise SystemExit(f"expected {steps} step timestamps, got {len(ends)}")
     steady = (ends[-1] - ends[warmup - 1]) / (steps - warmup)
@@ -337,6 +359,7 @@ def summarise(
         "steady_s_per_step": round(steady, 5),
         "median_s_per_step": round(gaps[len(gaps) // 2], 5),
         "worker_cpu_s_per_step": round((cpu[-1] - cpu[warmup - 1]) / (steps - warmup), 5),
+        "worker_runqueue_wait_s_per_step": round((waits[-1] - waits[warmup - 1]) / (steps - warmup), 5),
         "first_steps_s": round(ends[warmup - 1] - w_marks["train_begin"], 2),
         "trainer_s_per_step": round(metrics["train_runtime"] / steps, 5),  # includes the final save
         "end_to_end_s": round(seconds, 2),
@@ -347,8 +370,13 @@ def summarise(
     }
 
 
-def _ratio(a: float, b: float) -> float:
-    return round(a / b, 3)
+BEST_OF = ("steady_s_per_step", "median_s_per_step", "worker_cpu_s_per_step", "end_to_end_s", "fixed_s")
+RATIOS = {
+    "per_step": "steady_s_per_step",
+    "per_step_median": "median_s_per_step",
+    "cpu_per_step": "worker_cpu_s_per_step",
+    "end_to_end": "end_to_end_s",
+}
 
 
 def main() -> None:
@@ -360,13 +388,22 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--zero-stage", type=int, choices=(0, 2, 3), default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per training process (OMP_NUM_THREADS); 0: the libraries' defaults "
+        "(the bare process takes every core, a Ray worker its cpus_per_worker)",
+    )
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
     parser.add_argument("--workdir", default="/tmp/geor-sft-bench")
-    for hidden in ("--child", "--model", "--data", "--output", "--result", "--workers", "--launched-at"):
-        parser.add_argument(hidden, help=argparse.SUPPRESS, type=float if hidden == "--launched-at" else None)
+    parser.add_argument("--child", choices=("bare", "ray"), help=argparse.SUPPRESS)  # one run
+    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
+    for internal in ("--model", "--data", "--output", "--result"):
+        parser.add_argument(internal, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        args.workers = int(args.workers)
         child_main(args)
         return
     if not 0 < args.warmup < args.steps:
@@ -382,6 +419,8 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", RAY_worker_niceness="0",
                PYTHONPATH=str(ROOT))  # fmt: skip
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     model, data = build_inputs(work, args.rows, args.countries, env)
 
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
@@ -402,13 +441,7 @@ def main() -> None:
                 f"{name} #{repeat}: {summary['steady_s_per_step']} s/step, {seconds:.1f} s", file=sys.stderr
             )
 
-    best = {
-        name: {
-            key: min(r[key] for r in found)
-            for key in ("steady_s_per_step", "median_s_per_step", "end_to_end_s", "fixed_s")
-        }
-        for name, found in runs.items()
-    }
+    best = {name: {key: min(r[key] for r in found) for key in BEST_OF} for name, found in runs.items()}
     result: dict[str, Any] = {
         "preset": PRESET,
         "overrides": {
@@ -418,15 +451,14 @@ def main() -> None:
         "steps": args.steps,
         "warmup_steps_excluded": args.warmup,
         "world_rows": args.rows,
+        "torch_threads_per_process": args.threads or "default",
         "cpus": os.cpu_count(),
         "best": best,
     }
     if "bare" in best:
         for name in (n for n in names if n != "bare"):
             result[f"{name}/bare"] = {
-                "per_step": _ratio(best[name]["steady_s_per_step"], best["bare"]["steady_s_per_step"]),
-                "per_step_median": _ratio(best[name]["median_s_per_step"], best["bare"]["median_s_per_step"]),
-                "end_to_end": _ratio(best[name]["end_to_end_s"], best["bare"]["end_to_end_s"]),
+                ratio: round(best[name][key] / best["bare"][key], 3) for ratio, key in RATIOS.items()
             }
     result["runs"] = runs
     print(json.dumps(result, indent=1))

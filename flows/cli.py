@@ -26,9 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "GRPO with Haversine rewards from Ray reward actors (Ray Train + DeepSpeed + TRL)",
     ),
     "sft": ("flows.sft", "supervised fine-tuning on Chain-of-Region rows (Ray Train + DeepSpeed + TRL)"),
-    "evaluate": ("flows.evaluate", "batch inference on Ray Data: metrics, reasoning review, plots, model comparison"),
+    "evaluate": ("flows.evaluate", "batch inference on Ray Data: metrics, reasoning, plots, comparison"),
     "predict": ("flows.predict", "geolocate photos without truth: CoR text and coordinates as Parquet + CSV"),
-    "mine-hard": ("flows.mine_hard", "keep the training rows the model misses by more than a radius (GRPO hard samples)"),
+    "mine-hard": ("flows.mine_hard", "keep the training rows predicted beyond a radius (GRPO hard samples)"),
 }
 
 

@@ -19,7 +19,9 @@ FLAG_KEYS = {"data": "data.dataset"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="a `geor prepare` output (local or s3://); eval.splits picks the splits")
+    parser.add_argument(
+        "--data", help="a `geor prepare` output (local or s3://); eval.splits picks the splits"
+    )
     parser.add_argument(
         "--model",
         action="append",

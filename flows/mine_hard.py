@@ -16,10 +16,15 @@ FLAG_KEYS = {"data": "data.dataset", "model": "model.name_or_path", "radius_km":
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="a `geor prepare` output whose train split is mined (local or s3://)")
-    parser.add_argument("--model", help="the base or SFT model: local dir, s3://, hub id or models:/NAME@ALIAS")
+    parser.add_argument(
+        "--model", help="the base or SFT model: local dir, s3://, hub id or models:/NAME@ALIAS"
+    )
     parser.add_argument("--output", help="where the hard-sample dataset goes (local or s3://)")
     parser.add_argument(
-        "--radius-km", type=float, default=None, help="keep rows predicted farther than this (grpo.hard_radius_km)"
+        "--radius-km",
+        type=float,
+        default=None,
+        help="keep rows predicted farther than this (grpo.hard_radius_km)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a complete output made otherwise")
     add_config_arguments(parser)
@@ -30,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from geor_core.errors import UserFacingError
     from tasks.mine_hard import run_mine_hard
 
-    for flag, value in (("--data", cfg.data.dataset), ("--model", cfg.model.name_or_path), ("--output", args.output)):
+    for flag, value in (
+        ("--data", cfg.data.dataset),
+        ("--model", cfg.model.name_or_path),
+        ("--output", args.output),
+    ):
         if not value:
             raise UserFacingError(f"{flag} is required")
     result = run_mine_hard(
@@ -43,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     )
     mining = result.stats["mining"]
     summary = {"output": result.output, "skipped": result.skipped, "splits": result.stats["splits"]}
-    summary |= {key: mining[key] for key in ("radius_km", "rows_in", "kept", "dropped", "missing_predictions")}
+    summary |= {
+        key: mining[key] for key in ("radius_km", "rows_in", "kept", "dropped", "missing_predictions")
+    }
     print(json.dumps(summary))
     return 0

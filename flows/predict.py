@@ -31,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from geor_core.errors import UserFacingError
     from tasks.predict import run_predict
 
-    for flag, value in (("--model", cfg.model.name_or_path), ("--images", args.images), ("--output", args.output)):
+    for flag, value in (
+        ("--model", cfg.model.name_or_path),
+        ("--images", args.images),
+        ("--output", args.output),
+    ):
         if not value:
             raise UserFacingError(f"{flag} is required")
     result = run_predict(

@@ -79,7 +79,11 @@ def _manifest_photos(uri: str, id_col: str, image_col: str) -> pa.Table:
         )
     references = pc.fill_null(table.column(image_name).combine_chunks(), "")
     id_name = _find(table.column_names, id_col)
-    ids = pc.utf8_trim_whitespace(pc.fill_null(table.column(id_name).combine_chunks(), "")) if id_name else references
+    ids = (
+        pc.utf8_trim_whitespace(pc.fill_null(table.column(id_name).combine_chunks(), ""))
+        if id_name
+        else references
+    )
     id_list = ids.to_pylist()
     repeated = [i for i, count in Counter(id_list).items() if count > 1]
     if repeated:
@@ -89,6 +93,8 @@ def _manifest_photos(uri: str, id_col: str, image_col: str) -> pa.Table:
         )
     empty = [i for i, value in enumerate(id_list) if not value]
     if empty:
-        raise UserFacingError(f"manifest {uri}: {len(empty)} rows have an empty id, first at data row {empty[0]}")
+        raise UserFacingError(
+            f"manifest {uri}: {len(empty)} rows have an empty id, first at data row {empty[0]}"
+        )
     base = file.folder if uris.is_s3(file.folder) else uris.filesystem(file.folder)[1]
     return pa.table({"id": ids, "image": image_uris(references, base)}, schema=PHOTOS_SCHEMA)

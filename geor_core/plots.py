@@ -46,7 +46,14 @@ def error_cdf_png(errors_km: Mapping[str, ArrayLike]) -> bytes:
         axes.plot(grid, share * 100.0, label=f"{label} (n={errors.size})", linewidth=1.6)
     for threshold in THRESHOLDS_KM:
         axes.axvline(threshold, color="0.6", linestyle="--", linewidth=0.8)
-        axes.text(threshold, 101, f"{threshold} km\n{THRESHOLD_NAMES[threshold]}", ha="center", va="bottom", fontsize=7)
+        axes.text(
+            threshold,
+            101,
+            f"{threshold} km\n{THRESHOLD_NAMES[threshold]}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
     axes.set_xscale("log")
     axes.set_xlim(MIN_KM, MAX_KM)
     axes.set_ylim(0, 100)
@@ -75,7 +82,9 @@ def world_map_png(
     if truth_lat is not None and truth_lon is not None:
         tlat, tlon = np.asarray(truth_lat, np.float64), np.asarray(truth_lon, np.float64)
         pairs = np.flatnonzero(found)[:MAX_LINES]
-        segments = np.stack([np.column_stack([tlon[pairs], tlat[pairs]]), np.column_stack([plon[pairs], plat[pairs]])], axis=1)
+        segments = np.stack(
+            [np.column_stack([tlon[pairs], tlat[pairs]]), np.column_stack([plon[pairs], plat[pairs]])], axis=1
+        )
         axes.add_collection(LineCollection(segments, colors="0.35", linewidths=0.4, alpha=0.5))
         axes.scatter(tlon, tlat, s=9, c="tab:green", marker="o", linewidths=0, label="truth")
     axes.scatter(plon[found], plat[found], s=12, c="tab:red", marker="x", linewidths=0.8, label="prediction")
@@ -94,7 +103,11 @@ def world_map_png(
 def country_bars_png(per_country: pd.DataFrame, title: str = "") -> bytes:
     """Grouped bars per country (geor_core.analysis.per_country rows): % within 200 / 750 km and
     % naming the right country."""
-    bars = (("acc_200km", "within 200 km"), ("acc_750km", "within 750 km"), ("country_match_rate", "country named"))
+    bars = (
+        ("acc_200km", "within 200 km"),
+        ("acc_750km", "within 750 km"),
+        ("country_match_rate", "country named"),
+    )
     figure = Figure(figsize=(max(6.0, 0.7 * len(per_country) + 2.0), 4.5))
     axes = figure.add_subplot()
     positions = np.arange(len(per_country))
@@ -102,7 +115,9 @@ def country_bars_png(per_country: pd.DataFrame, title: str = "") -> bytes:
     for i, (column, label) in enumerate(bars):
         values = pd.to_numeric(per_country[column], errors="coerce").fillna(0.0).to_numpy(float)
         axes.bar(positions + (i - 1) * width, values, width, label=label)
-    labels = [f"{code}\n(n={n})" for code, n in zip(per_country["country_code"], per_country["n"], strict=True)]
+    labels = [
+        f"{code}\n(n={n})" for code, n in zip(per_country["country_code"], per_country["n"], strict=True)
+    ]
     axes.set_xticks(positions, labels, fontsize=8)
     axes.set_ylim(0, 100)
     axes.set_ylabel("%")

@@ -268,7 +268,9 @@ def _log_model(cfg: GeorConfig, evaluation: ModelEvaluation, output_uri: str) ->
         },
     )
     experiment = mlflow.active_run().info.experiment_id  # else the child lands in the default experiment
-    with mlflow.start_run(run_name=f"evaluate:{evaluation.label}", experiment_id=experiment, nested=True, tags=tags):
+    with mlflow.start_run(
+        run_name=f"evaluate:{evaluation.label}", experiment_id=experiment, nested=True, tags=tags
+    ):
         headline = {key: report.metrics.get(key) for key in METRIC_KEYS}
         metrics = (
             _numeric(headline) | _numeric(report.levels, "levels/") | _numeric(report.consistency, "cor/")

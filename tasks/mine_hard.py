@@ -6,7 +6,8 @@ its prediction lands farther than ``radius_km`` from the truth, or is missing (a
 prediction counts as far). Every other split (val, test) is copied unchanged, so training on the
 mined data still validates on the same rows. Output layout (local or s3://)::
 
-    data/part-*.parquet    the kept rows, in the source's order, with prepare's schema
+    data/part-*.parquet    the kept rows, a file per source file, in the source's order, with
+                           prepare's schema
     rejects/               absent: nothing is rejected here (dropped rows are counted in stats)
     predictions/           the mining predictions (geor_core.predictions), shards resume
     stats.json             prepare's statistics (rows_in: the source's rows, rows_out: kept,
@@ -35,7 +36,14 @@ import pyarrow.parquet as pq
 from geor_core import tracking, uris
 from geor_core.config import GeorConfig
 from geor_core.cor_rows import OUTPUT_SCHEMA
-from geor_core.dataset import DATA_DIR, STATS_FILE, output_stats, read_prepared, require_prepared
+from geor_core.dataset import (
+    DATA_DIR,
+    STATS_FILE,
+    output_stats,
+    parquet_files,
+    read_prepared,
+    require_prepared,
+)
 from geor_core.errors import UserFacingError
 from geor_core.lineage import data_fingerprint
 from geor_core.predictions import evaluation_predictions
@@ -45,7 +53,6 @@ from tasks.evaluate import INPUT_COLUMNS
 from tasks.training_run import check_model_source
 
 MINED_SPLIT = "train"
-ROWS_PER_FILE = 100_000
 PREDICTIONS_DIR = "predictions"
 
 
@@ -148,22 +155,22 @@ def hard_row_ids(predictions: Any, radius_km: float) -> set[str]:
 
 
 def _write_kept_rows(data_uri: str, output_uri: str, hard_ids: set[str]) -> dict[str, Any]:
-    """Copy every non-train row and the hard train rows, in the source's order, to ``data/``."""
-    source = read_prepared(data_uri)
-    is_train = pc.equal(source.column("split"), MINED_SPLIT)
-    is_hard = pc.is_in(source.column("id"), value_set=pa.array(sorted(hard_ids), pa.string()))
-    keep = pc.or_(pc.invert(is_train), pc.and_(is_train, is_hard))
-    kept = source.filter(keep).cast(OUTPUT_SCHEMA)
-    for number, start in enumerate(range(0, max(kept.num_rows, 1), ROWS_PER_FILE)):
+    """Copy every non-train row and the hard train rows to ``data/``, file by file in the
+    source's order (memory stays at one source file)."""
+    hard = pa.array(sorted(hard_ids), pa.string())
+    fs, files = parquet_files(uris.join(data_uri, DATA_DIR))
+    rows_in, train_rows, unmined = 0, 0, Counter()
+    for number, path in enumerate(files):
+        source = pq.read_table(path, filesystem=fs, schema=OUTPUT_SCHEMA)
+        is_train = pc.equal(source.column("split"), MINED_SPLIT)
+        keep = pc.or_(pc.invert(is_train), pc.is_in(source.column("id"), value_set=hard))
         buffer = io.BytesIO()
-        pq.write_table(kept.slice(start, ROWS_PER_FILE), buffer)
+        pq.write_table(source.filter(keep), buffer)
         uris.write_atomic(uris.join(output_uri, DATA_DIR, f"part-{number:05d}.parquet"), buffer.getvalue())
-    unmined = Counter(s for s in source.column("split").to_pylist() if s != MINED_SPLIT)
-    return {
-        "rows_in": source.num_rows,
-        "train_rows": int(pc.sum(is_train).as_py() or 0),
-        "unmined_splits": dict(sorted(unmined.items())),
-    }
+        rows_in += source.num_rows
+        train_rows += int(pc.sum(is_train).as_py() or 0)
+        unmined.update(s for s in source.column("split").to_pylist() if s != MINED_SPLIT)
+    return {"rows_in": rows_in, "train_rows": train_rows, "unmined_splits": dict(sorted(unmined.items()))}
 
 
 def _mining_stats(

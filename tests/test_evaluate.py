@@ -122,7 +122,9 @@ def test_metrics_come_from_score_and_count_every_row(scored_table, tmp_path):
     path = tmp_path / "predictions.parquet"
     scored_table.to_parquet(path)
     ours = score_predictions(scored_table)
-    theirs = score_files(str(path), str(path), text_col="completion", lat_col="truth_lat", lon_col="truth_lon")
+    theirs = score_files(
+        str(path), str(path), text_col="completion", lat_col="truth_lat", lon_col="truth_lon"
+    )
     assert {k: v for k, v in theirs.items() if k not in ("predictions", "truth")} == ours
     assert ours["n"] == 4 and ours["n_missing"] == 1 and ours["acc_25km"] == 25.0
     assert ours["country_match_rate"] == level_summary(scored_table)["country_match_rate"]
@@ -131,7 +133,11 @@ def test_metrics_come_from_score_and_count_every_row(scored_table, tmp_path):
 def test_plots_are_png_even_for_missing_predictions(scored_table):
     empty = scored_table.iloc[0:0]
     assert_png(plots.error_cdf_png({"a": scored_table["error_km"], "garbage": np.full(5, np.nan)}))
-    assert_png(plots.world_map_png(scored_table["lat"], scored_table["lon"], scored_table["truth_lat"], scored_table["truth_lon"]))
+    assert_png(
+        plots.world_map_png(
+            scored_table["lat"], scored_table["lon"], scored_table["truth_lat"], scored_table["truth_lon"]
+        )
+    )
     assert_png(plots.world_map_png(np.full(3, np.nan), np.full(3, np.nan)))
     assert_png(plots.country_bars_png(per_country(scored_table, 5)))
     assert_png(plots.country_bars_png(per_country(empty, 5)))
@@ -181,7 +187,9 @@ def test_shards_resume_only_with_the_same_fingerprint_and_ids(tmp_path):
 
 
 def test_cli_errors_are_one_line(capsys, tmp_path):
-    code = main(["evaluate", "--data", str(tmp_path), "--model", str(tmp_path), "--output", str(tmp_path / "o")])
+    code = main(
+        ["evaluate", "--data", str(tmp_path), "--model", str(tmp_path), "--output", str(tmp_path / "o")]
+    )
     assert code == 2
     assert "has no config.json" in capsys.readouterr().err
 
@@ -198,7 +206,13 @@ def test_two_models_each_fully_reported_and_equal_to_geor_score(
     ray_cluster, prepared_world, tiny_model_dir, sft_checkpoint, mlflow_server, tmp_path, capsys
 ):
     output = tmp_path / "eval"
-    overrides = [*FAST, "eval.splits=[val,test]", "eval.max_rows=12", "eval.num_actors=2", f"tracking.uri={mlflow_server}"]
+    overrides = [
+        *FAST,
+        "eval.splits=[val,test]",
+        "eval.max_rows=12",
+        "eval.num_actors=2",
+        f"tracking.uri={mlflow_server}",
+    ]
     summary = _evaluate(
         ["--data", prepared_world, "--model", f"untrained={tiny_model_dir}", "--model", sft_checkpoint.export_uri,
          "--output", str(output), "--config", "test", *overrides],
@@ -254,14 +268,18 @@ def test_two_models_each_fully_reported_and_equal_to_geor_score(
     assert set(child) == {"untrained", "model"}
     sft_run = child["model"]
     assert sft_run.data.tags["geor.predictions_uri"] == str(output / "models" / "model" / "predictions")
-    assert sft_run.data.metrics["acc_200km"] == trained["acc_200km"] and "val/acc_200km" in sft_run.data.metrics
+    assert (
+        sft_run.data.metrics["acc_200km"] == trained["acc_200km"] and "val/acc_200km" in sft_run.data.metrics
+    )
     artifacts = {a.path for a in client.list_artifacts(sft_run.info.run_id)}
     assert {"per_country.json", "worst.json", "metrics.json", "plots"} <= artifacts
     plot_files = {a.path for a in client.list_artifacts(sft_run.info.run_id, "plots")}
     assert "plots/world_map.png" in plot_files
 
 
-def test_killed_evaluate_resumes_without_redoing_finished_shards(ray_cluster, prepared_world, sft_checkpoint, tmp_path, capsys):
+def test_killed_evaluate_resumes_without_redoing_finished_shards(
+    ray_cluster, prepared_world, sft_checkpoint, tmp_path, capsys
+):
     output = tmp_path / "eval"
     argv = ["--data", prepared_world, "--model", sft_checkpoint.export_uri, "--output", str(output),
             "--config", "test", *FAST, "eval.max_rows=24"]  # fmt: skip
@@ -287,7 +305,12 @@ def test_killed_evaluate_resumes_without_redoing_finished_shards(ray_cluster, pr
     again = pd.read_parquet(predictions / "part-00001.parquet")
     assert again["completion"].tolist() == before["completion"].tolist()  # greedy: the same answers
 
-    bigger = run_evaluate(load_config("test", [*FAST, "eval.max_rows=0"]), prepared_world, [sft_checkpoint.export_uri], str(output))
+    bigger = run_evaluate(
+        load_config("test", [*FAST, "eval.max_rows=0"]),
+        prepared_world,
+        [sft_checkpoint.export_uri],
+        str(output),
+    )
     n_test = read_prepared(prepared_world, "test", ["id"]).num_rows
     assert bigger.models[0].report.metrics["n"] == n_test
     assert bigger.models[0].inference.shards_skipped == 3  # only the rows beyond 24 were generated
@@ -299,7 +322,12 @@ def test_evaluate_needs_models_and_known_splits(prepared_world, tiny_model_dir, 
     from tasks.evaluate import run_evaluate
 
     with pytest.raises(UserFacingError, match="no rows in it"):
-        run_evaluate(load_config("test", ["eval.splits=[holdout]"]), prepared_world, [str(tiny_model_dir)], str(tmp_path))
+        run_evaluate(
+            load_config("test", ["eval.splits=[holdout]"]),
+            prepared_world,
+            [str(tiny_model_dir)],
+            str(tmp_path),
+        )
     with pytest.raises(UserFacingError, match="no model given"):
         run_evaluate(load_config("test"), prepared_world, [], str(tmp_path))
     assert not Path(tmp_path / "_SUCCESS.json").exists()

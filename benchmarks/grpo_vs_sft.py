@@ -1,0 +1,238 @@
+"""GRPO against an equal-compute continued-SFT control, from the same SFT checkpoint.
+
+    python benchmarks/grpo_vs_sft.py [--rows 1500] [--countries 4] [--ambiguous-share 0.3]
+                                     [--sft-steps 300] [--grpo-steps 100] [--samples 4]
+
+Builds (cached under ``--workdir``) the tiny model and a synthetic world with graded ambiguity
+(``data.world_ambiguous_share``: a share of photos lose the position marker or get a faint state
+texture, so the one exact answer is not the distance-optimal guess: DESIGN.md says that is where
+GRPO's distance reward has an edge), prepares it and fine-tunes the SFT start. Then, each from
+that SFT export, on one local 2-CPU Ray cluster through the product's own stages:
+
+- ``+GRPO product``: ``tasks.grpo.run_grpo``, the paper's reward (distance x format);
+- ``+GRPO weighted_sum``: the same with ``reward.mode=weighted_sum`` (0.6 distance + 0.1 format
+  + 0.3 region, region from the names the answer gives);
+- ``+continued SFT``: ``tasks.sft.run_sft`` for as many steps as fit in the SAME WALL-CLOCK
+  TRAINING TIME as the slower GRPO arm (its ``train_runtime``), at the s/step the SFT start
+  measured on this machine. Equal compute = equal training seconds on the same machine: what a
+  user gets for the same CPU time. (GRPO spends most of a step generating, so the control does
+  several times more optimizer steps.)
+
+Every model is evaluated on the held-out val + test rows (unseen settlements): greedy decoding,
+and ``--samples`` completions per row at ``grpo.temperature`` (fixed seeds), each with the field's
+metrics (acc@25/200/750 km, median km, state match) plus the sampled mean of the paper's reward
+(distance x format) for every arm. Prints one JSON object (settings, load average, rows, verdict)
+and the table in Markdown on stderr. The verdict answers the issue's goal: does a GRPO arm beat
+the control on greedy median km? If none does, it says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = "test"
+GRPO_SETTINGS = [  # the learning test's settings (tests/test_grpo_learning.py)
+    "grpo.per_device_batch_size=16",
+    "grpo.num_generations=4",
+    "grpo.learning_rate=3e-4",
+    "grpo.warmup_ratio=0.1",
+    "grpo.beta=0.04",
+    "grpo.logging_steps=25",
+]
+ARMS = {
+    "+GRPO product": ["reward.mode=product"],
+    "+GRPO weighted_sum": ["reward.mode=weighted_sum", "reward.w_region=0.3", "reward.region_source=text"],
+}
+SAMPLING_SEED = 1234
+
+
+def build_start(work: Path, args: argparse.Namespace, env: dict[str, str]) -> tuple[str, str, str]:
+    """Tiny model, ambiguous world, prepared rows and the SFT start (each skipped when done)."""
+    tag = f"{args.rows}-{args.countries}-{args.ambiguous_share}"
+    model, world, prepared, sft = work / "model", work / f"world-{tag}", work / f"prepared-{tag}", work / f"sft-{tag}"
+    steps = [
+        (model / "config.json", ["make-tiny-model", "--output", str(model)]),
+        (world / "manifest.csv", ["make-world", "--output", str(world), "--rows", str(args.rows),
+                                  "--countries", str(args.countries),
+                                  f"data.world_ambiguous_share={args.ambiguous_share}"]),
+        (prepared / "_SUCCESS.json", ["prepare", "--manifest", str(world / "manifest.csv"), "--output", str(prepared)]),
+        (sft / "model" / "config.json", ["sft", "--data", str(prepared), "--model", str(model), "--output", str(sft),
+                                         f"sft.max_steps={args.sft_steps}"]),
+    ]  # fmt: skip
+    for done, command in steps:
+        if not done.exists():
+            subprocess.run([sys.executable, "-m", "flows", *command, "--config", PRESET], check=True,
+                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL)  # fmt: skip
+    return str(model), str(prepared), str(sft / "model")
+
+
+def evaluate_model(model_uri: str, rows: Any, cfg: Any, samples: int) -> dict[str, Any]:
+    """Greedy and sampled metrics of one model on ``rows`` (generation on one torch thread)."""
+    import torch
+
+    from geor_core.config import RewardConfig
+    from geor_core.generation import generate
+    from geor_core.images import load_image
+    from geor_core.metrics import compute_metrics
+    from geor_core.models import load_model, load_processor
+    from geor_core.parse import parse_many
+    from geor_core.rewards import score_completions
+
+    torch.set_num_threads(1)  # two OpenMP threads on a loaded 2-core machine are far slower
+    model, processor = load_model(model_uri), load_processor(model_uri)
+    model.eval()
+    images = [load_image(uri) for uri in rows.column("image").to_pylist()]
+    truth = {name: rows.column(name).to_pylist() for name in ("lat", "lon", "country_code", "state", "city")}
+    max_new = cfg.grpo.max_completion_length
+    greedy = generate(model, processor, images, max_new_tokens=max_new)
+    sampled = [
+        text
+        for draw in range(samples)
+        for text in generate(model, processor, images, max_new_tokens=max_new, do_sample=True,
+                             temperature=cfg.grpo.temperature, top_p=cfg.grpo.top_p, seed=SAMPLING_SEED + draw)
+    ]  # fmt: skip
+
+    def metrics(texts: list[str], copies: int) -> dict[str, Any]:
+        t = {name: values * copies for name, values in truth.items()}
+        parsed = parse_many(texts)
+        found = compute_metrics(
+            parsed.lat, parsed.lon, t["lat"], t["lon"], format_ok=parsed.format_ok,
+            pred_country=parsed.country, pred_state=parsed.state, pred_city=parsed.city,
+            truth_country_code=t["country_code"], truth_state=t["state"], truth_city=t["city"],
+        )  # fmt: skip
+        paper = score_completions(texts, t["lat"], t["lon"], cfg=RewardConfig(mode="product"))
+        found["paper_reward"] = float(np.mean(paper["combined"]))
+        return found
+
+    return {"greedy": metrics(greedy, 1), "sampled": metrics(sampled, samples)}
+
+
+def stage_seconds(metrics: dict[str, Any]) -> float:
+    return float(metrics["train_runtime"])
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The results as a Markdown table."""
+    keys = [("acc_25km", "@25"), ("acc_200km", "@200"), ("acc_750km", "@750"), ("median_km", "median km"),
+            ("state_match_rate", "state %")]  # fmt: skip
+    head = ["model", "train s", "steps"]
+    head += [f"greedy {label}" for _, label in keys] + [f"sampled {label}" for _, label in keys]
+    head += ["sampled reward"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["model"], f"{row['train_s']:.0f}", str(row["steps"])]
+        for mode in ("greedy", "sampled"):
+            for key, _ in keys:
+                value = row[mode][key]
+                cells.append("-" if value is None else f"{value:.1f}")
+        cells.append(f"{row['sampled']['paper_reward']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1500)
+    parser.add_argument("--countries", type=int, default=4)
+    parser.add_argument("--ambiguous-share", type=float, default=0.3)
+    parser.add_argument("--sft-steps", type=int, default=300)
+    parser.add_argument("--grpo-steps", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=4, help="sampled completions per held-out row")
+    parser.add_argument("--seed", type=int, default=0, help="grpo.seed and sft.seed of the arms")
+    parser.add_argument("--workdir", default="/tmp/geor-grpo-vs-sft")
+    args = parser.parse_args()
+    started, load_start = time.time(), os.getloadavg()
+
+    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT)}
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    _, data, sft_start = build_start(work, args, env)
+
+    import pyarrow as pa
+    import ray
+
+    from geor_core import uris
+    from geor_core.config import load_config
+    from geor_core.dataset import read_prepared
+    from geor_core.grpo_setup import GRPO_COLUMNS
+    from tasks.grpo import run_grpo
+    from tasks.sft import run_sft
+
+    tag = f"{args.rows}-{args.countries}-{args.ambiguous_share}-s{args.seed}-g{args.grpo_steps}"
+    start_marker = uris.read_marker(sft_start) or {}
+    sft_s_per_step = stage_seconds(start_marker["metrics"]) / start_marker["global_step"]
+    results: list[dict[str, Any]] = [{"model": "SFT start", "train_s": 0.0, "steps": 0, "export": sft_start}]
+    grpo_settings = [*GRPO_SETTINGS, f"grpo.max_steps={args.grpo_steps}", f"grpo.eval_steps={args.grpo_steps}",
+                     f"grpo.save_steps={args.grpo_steps}", f"grpo.seed={args.seed}"]  # fmt: skip
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        for name, reward in ARMS.items():
+            cfg = load_config(PRESET, [*grpo_settings, *reward])
+            out = work / f"grpo-{name.split()[-1]}-{tag}"
+            result = run_grpo(cfg, data, sft_start, str(out))
+            results.append({"model": name, "train_s": stage_seconds(result.metrics),
+                            "steps": result.global_step, "export": result.export_uri, "settings": cfg_keys(cfg)})  # fmt: skip
+        budget = max(r["train_s"] for r in results)
+        control_steps = max(1, math.ceil(budget / sft_s_per_step))
+        control = [f"sft.max_steps={control_steps}", f"sft.seed={args.seed}", "sft.eval_steps=100000",
+                   "sft.save_steps=100000"]  # fmt: skip
+        result = run_sft(load_config(PRESET, control), data, sft_start, str(work / f"control-{tag}-{control_steps}"))
+        results.insert(1, {"model": "+continued SFT", "train_s": stage_seconds(result.metrics),
+                           "steps": result.global_step, "export": result.export_uri})  # fmt: skip
+    finally:
+        ray.shutdown()
+
+    cfg = load_config(PRESET, grpo_settings)
+    rows = pa.concat_tables([read_prepared(data, split, GRPO_COLUMNS) for split in ("val", "test")])
+    for row in results:
+        row.update(evaluate_model(row["export"], rows, cfg, args.samples))
+        print(f"evaluated {row['model']}", file=sys.stderr)
+
+    control_median = results[1]["greedy"]["median_km"]
+    verdict = {
+        row["model"]: bool(row["greedy"]["median_km"] is not None and row["greedy"]["median_km"] < control_median)
+        for row in results[2:]
+    }
+    markdown = table(results)
+    print(markdown, file=sys.stderr)
+    print(json.dumps({
+        "world": {"rows": args.rows, "countries": args.countries, "ambiguous_share": args.ambiguous_share},
+        "held_out_rows": rows.num_rows,
+        "samples_per_row": args.samples,
+        "sft_start_steps": start_marker["global_step"],
+        "sft_s_per_step": round(sft_s_per_step, 4),
+        "equal_compute": "same wall-clock training seconds as the slower GRPO arm (train_runtime)",
+        "grpo_settings": grpo_settings,
+        "arms": ARMS,
+        "grpo_beats_control_on_greedy_median_km": verdict,
+        "verdict": "GRPO beats the control on greedy median km" if any(verdict.values())
+        else "no GRPO arm beat the equal-compute SFT control on greedy median km",
+        "loadavg_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        "seconds": round(time.time() - started, 1),
+        "rows": results,
+        "table_markdown": markdown,
+    }, indent=1, default=float))  # fmt: skip
+
+
+def cfg_keys(cfg: Any) -> dict[str, Any]:
+    """The GRPO and reward settings an arm ran with."""
+    g, r = cfg.grpo, cfg.reward
+    return {"lr": g.learning_rate, "beta": g.beta, "G": g.num_generations, "batch": g.per_device_batch_size,
+            "temperature": g.temperature, "reward": r.mode, "w": [r.w_distance, r.w_format, r.w_region]}  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
