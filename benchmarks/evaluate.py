@@ -1,21 +1,25 @@
 """Benchmark `geor evaluate`'s Ray Data batch inference against a plain single-process loop.
 
-    python benchmarks/evaluate.py [--rows 600] [--actors 1,2] [--cpus-per-actor 0.5]
-                                  [--max-new-tokens 96] [--batch-size 16] [--workdir DIR]
+    python benchmarks/evaluate.py [--rows 600] [--actors 1,2] [--cpus-per-actor 0.5] [--threads 1]
+                                  [--repeats 3] [--max-new-tokens 96] [--batch-size 16] [--workdir DIR]
 
 Builds (once, in ``--workdir``) the tiny untrained model and a synthetic world of ``--rows``
 photos, prepared with `geor prepare`. The untrained model writes ``--max-new-tokens`` tokens for
 every photo, so every row costs the same. Then, over the same rows and model:
 
 - ``single_process``: one process loads the model and loops over batches (load the images,
-  ``geor_core.generation.generate``, parse), with torch at 1 thread and at the machine's default;
+  ``geor_core.generation.generate``, parse), with torch at ``--threads`` threads (default 1: on
+  this tiny model more threads are slower, and under load much slower);
 - ``ray_data``: tasks.batch_inference.run_sharded_inference (the path `geor evaluate` takes:
   from_arrow -> map_batches over an actor pool -> shards written with markers), for each actor
   count, each actor with ``--cpus-per-actor`` CPUs and one torch thread; seconds include starting
   the actors and loading the model in each (Ray itself is started before the clock).
 
-Prints one JSON object: rows/s of each, and ``ratio`` = best Ray Data rows/s / best
-single-process rows/s (end to end, model loading included on both sides).
+Rounds alternate the two sides (``--repeats``), so load from other jobs on a shared machine
+hits both. Prints one JSON object: every run, the median rows/s of each configuration, and
+``ratio`` = best median Ray Data rows/s / best median single-process rows/s (end to end, model
+loading included on both sides), and ``steady_ratio``, the same once the models are loaded
+(Ray: after the first batch came back; single process: after loading).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +43,10 @@ def _progress(measured: dict) -> dict:
     """Show each measurement on stderr as soon as it is made (a long run can be read as it goes)."""
     print(json.dumps(measured), file=sys.stderr, flush=True)
     return measured
+
+
+def _median(runs: list[dict], key: str = "rows_per_s") -> float:
+    return float(statistics.median(run[key] for run in runs))
 
 
 def build_inputs(workdir: Path, rows: int) -> tuple[str, str]:
@@ -129,6 +138,8 @@ def ray_data(model_dir: str, prepared: str, actors: int, cpus: float, overrides:
             "cpus_per_actor": cpus,
             "seconds": run.seconds,
             "rows_per_s": round(run.rows_per_second, 2),
+            "first_result_seconds": run.first_result_seconds,
+            "steady_rows_per_s": round(run.steady_rows_per_second or 0.0, 2),
             "shards": run.shards,
         }
     )
@@ -141,9 +152,8 @@ def main() -> None:
     parser.add_argument("--cpus-per-actor", type=float, default=0.5)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument(
-        "--threads", default=f"1,{os.cpu_count() or 1}", help="torch threads of the baselines"
-    )
+    parser.add_argument("--threads", default="1", help="torch threads of the baselines, e.g. 1,2")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, alternating baseline and Ray runs")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "geor-bench-evaluate"))
     args = parser.parse_args()
     workdir = Path(args.workdir)
@@ -153,10 +163,6 @@ def main() -> None:
     from geor_core.dataset import read_prepared
 
     rows = read_prepared(prepared, columns=["image"]).to_pylist()
-    baseline = [
-        single_process(model_dir, rows, threads, args.batch_size, args.max_new_tokens)
-        for threads in sorted({int(t) for t in args.threads.split(",")})
-    ]
     import ray
 
     started = time.monotonic()
@@ -167,15 +173,22 @@ def main() -> None:
         f"eval.batch_size={args.batch_size}",
         "eval.rows_per_shard=128",
     ]
-    try:
-        pooled = [
-            ray_data(model_dir, prepared, int(n), args.cpus_per_actor, overrides)
-            for n in args.actors.split(",")
-        ]
+    baseline: dict[int, list[dict]] = {int(t): [] for t in args.threads.split(",")}
+    pooled: dict[int, list[dict]] = {int(n): [] for n in args.actors.split(",")}
+    try:  # rounds alternate the two sides, so a busy moment on a shared machine hits both
+        for _ in range(args.repeats):
+            for threads, runs in baseline.items():
+                runs.append(single_process(model_dir, rows, threads, args.batch_size, args.max_new_tokens))
+            for actors, runs in pooled.items():
+                runs.append(ray_data(model_dir, prepared, actors, args.cpus_per_actor, overrides))
     finally:
         ray.shutdown()
-    best_single = max(b["rows_per_s"] for b in baseline)
-    best_ray = max(p["rows_per_s"] for p in pooled)
+    baseline_best = {t: _median(runs) for t, runs in baseline.items()}
+    pooled_best = {n: _median(runs) for n, runs in pooled.items()}
+    best_single = max(baseline_best.values())
+    best_ray = max(pooled_best.values())
+    steady_single = max(_median(runs, "generate_rows_per_s") for runs in baseline.values())
+    steady_ray = max(_median(runs, "steady_rows_per_s") for runs in pooled.values())
     print(
         json.dumps(
             {
@@ -185,10 +198,14 @@ def main() -> None:
                 "batch_size": args.batch_size,
                 "cpus": os.cpu_count(),
                 "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-                "single_process": baseline,
+                "repeats": args.repeats,
+                "single_process_rows_per_s_median": {f"threads_{t}": v for t, v in baseline_best.items()},
+                "ray_data_rows_per_s_median": {f"actors_{n}": v for n, v in pooled_best.items()},
                 "ray_start_seconds": round(ray_start, 2),
-                "ray_data": pooled,
+                "single_process_runs": [run for runs in baseline.values() for run in runs],
+                "ray_data_runs": [run for runs in pooled.values() for run in runs],
                 "ratio": round(best_ray / best_single, 3),
+                "steady_ratio": round(steady_ray / steady_single, 3),
             },
             indent=2,
         )

@@ -29,6 +29,7 @@ the control on greedy median km? If none does, it says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -60,7 +61,12 @@ SAMPLING_SEED = 1234
 def build_start(work: Path, args: argparse.Namespace, env: dict[str, str]) -> tuple[str, str, str]:
     """Tiny model, ambiguous world, prepared rows and the SFT start (each skipped when done)."""
     tag = f"{args.rows}-{args.countries}-{args.ambiguous_share}"
-    model, world, prepared, sft = work / "model", work / f"world-{tag}", work / f"prepared-{tag}", work / f"sft-{tag}"
+    model, world, prepared, sft = (
+        work / "model",
+        work / f"world-{tag}",
+        work / f"prepared-{tag}",
+        work / f"sft-{tag}",
+    )
     steps = [
         (model / "config.json", ["make-tiny-model", "--output", str(model)]),
         (world / "manifest.csv", ["make-world", "--output", str(world), "--rows", str(args.rows),
@@ -111,7 +117,9 @@ def evaluate_model(model_uri: str, rows: Any, cfg: Any, samples: int) -> dict[st
             pred_country=parsed.country, pred_state=parsed.state, pred_city=parsed.city,
             truth_country_code=t["country_code"], truth_state=t["state"], truth_city=t["city"],
         )  # fmt: skip
-        paper = score_completions(texts, t["lat"], t["lon"], cfg=RewardConfig(mode="product"))
+        paper = score_completions(
+            texts, t["lat"], t["lon"], t["country_code"], t["state"], t["city"], RewardConfig(mode="product")
+        )
         found["paper_reward"] = float(np.mean(paper["combined"]))
         return found
 
@@ -168,8 +176,6 @@ def main() -> None:
     from geor_core.config import load_config
     from geor_core.dataset import read_prepared
     from geor_core.grpo_setup import GRPO_COLUMNS
-    from tasks.grpo import run_grpo
-    from tasks.sft import run_sft
 
     tag = f"{args.rows}-{args.countries}-{args.ambiguous_share}-s{args.seed}-g{args.grpo_steps}"
     start_marker = uris.read_marker(sft_start) or {}
@@ -179,21 +185,11 @@ def main() -> None:
                      f"grpo.save_steps={args.grpo_steps}", f"grpo.seed={args.seed}"]  # fmt: skip
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
-        for name, reward in ARMS.items():
-            cfg = load_config(PRESET, [*grpo_settings, *reward])
-            out = work / f"grpo-{name.split()[-1]}-{tag}"
-            result = run_grpo(cfg, data, sft_start, str(out))
-            results.append({"model": name, "train_s": stage_seconds(result.metrics),
-                            "steps": result.global_step, "export": result.export_uri, "settings": cfg_keys(cfg)})  # fmt: skip
-        budget = max(r["train_s"] for r in results)
-        control_steps = max(1, math.ceil(budget / sft_s_per_step))
-        control = [f"sft.max_steps={control_steps}", f"sft.seed={args.seed}", "sft.eval_steps=100000",
-                   "sft.save_steps=100000"]  # fmt: skip
-        result = run_sft(load_config(PRESET, control), data, sft_start, str(work / f"control-{tag}-{control_steps}"))
-        results.insert(1, {"model": "+continued SFT", "train_s": stage_seconds(result.metrics),
-                           "steps": result.global_step, "export": result.export_uri})  # fmt: skip
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON
+            control, arms = train_arms(work, data, sft_start, grpo_settings, tag, args.seed, sft_s_per_step)
     finally:
         ray.shutdown()
+    results += [control, *arms]
 
     cfg = load_config(PRESET, grpo_settings)
     rows = pa.concat_tables([read_prepared(data, split, GRPO_COLUMNS) for split in ("val", "test")])
@@ -203,7 +199,9 @@ def main() -> None:
 
     control_median = results[1]["greedy"]["median_km"]
     verdict = {
-        row["model"]: bool(row["greedy"]["median_km"] is not None and row["greedy"]["median_km"] < control_median)
+        row["model"]: bool(
+            row["greedy"]["median_km"] is not None and row["greedy"]["median_km"] < control_median
+        )
         for row in results[2:]
     }
     markdown = table(results)
@@ -225,6 +223,39 @@ def main() -> None:
         "rows": results,
         "table_markdown": markdown,
     }, indent=1, default=float))  # fmt: skip
+
+
+def train_arms(
+    work: Path,
+    data: str,
+    sft_start: str,
+    grpo_settings: list[str],
+    tag: str,
+    seed: int,
+    sft_s_per_step: float,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The GRPO arms, then the continued-SFT control given the slower arm's training seconds."""
+    from geor_core.config import load_config
+    from tasks.grpo import run_grpo
+    from tasks.sft import run_sft
+
+    arms = []
+    for name, reward in ARMS.items():
+        cfg = load_config(PRESET, [*grpo_settings, *reward])
+        result = run_grpo(cfg, data, sft_start, str(work / f"grpo-{name.split()[-1]}-{tag}"))
+        arms.append({"model": name, "train_s": stage_seconds(result.metrics), "steps": result.global_step,
+                     "export": result.export_uri, "settings": cfg_keys(cfg)})  # fmt: skip
+    steps = max(1, math.ceil(max(arm["train_s"] for arm in arms) / sft_s_per_step))
+    settings = [
+        f"sft.max_steps={steps}",
+        f"sft.seed={seed}",
+        "sft.eval_steps=100000",
+        "sft.save_steps=100000",
+    ]
+    result = run_sft(load_config(PRESET, settings), data, sft_start, str(work / f"control-{tag}-{steps}"))
+    control = {"model": "+continued SFT", "train_s": stage_seconds(result.metrics), "steps": result.global_step,
+               "export": result.export_uri}  # fmt: skip
+    return control, arms
 
 
 def cfg_keys(cfg: Any) -> dict[str, Any]:

@@ -41,19 +41,27 @@ def _open_stream(uri: str) -> Any:
     return fs.open_input_stream(path, compression="detect")
 
 
+def _csv_header(uri: str, delimiter: str) -> list[str] | None:
+    """The column names of a CSV file (None when it is empty), parsed by pyarrow from an in-memory
+    copy of the file's start. (A reader left unfinished on the open file itself may still be
+    reading ahead on a background thread when the file is closed and its descriptor reused by
+    the next open: a run lost rows that way once, under heavy load.)"""
+    with _open_stream(uri) as stream:
+        start = stream.read(_HEADER_BLOCK_BYTES)
+    if not start.strip():
+        return None
+    parse = pacsv.ParseOptions(
+        delimiter=delimiter, newlines_in_values=True, invalid_row_handler=lambda row: "skip"
+    )
+    options = pacsv.ReadOptions(block_size=_HEADER_BLOCK_BYTES, use_threads=False)
+    return pacsv.open_csv(pa.BufferReader(start), read_options=options, parse_options=parse).schema.names
+
+
 def _iter_csv(uri: str, delimiter: str) -> Iterator[Piece]:
+    names = _csv_header(uri, delimiter)
+    if names is None:
+        return  # an empty file
     read_options = pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False)
-    with _open_stream(uri) as stream:  # a first look, only for the header's column names
-        header_parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda row: "skip")
-        header_options = pacsv.ReadOptions(block_size=_HEADER_BLOCK_BYTES, use_threads=False)
-        try:
-            names = pacsv.open_csv(
-                stream, read_options=header_options, parse_options=header_parse
-            ).schema.names
-        except pa.ArrowInvalid as exc:
-            if "Empty CSV file" in str(exc):
-                return
-            raise
     bad_lines: list[str] = []
 
     def keep_malformed(row: Any) -> str:

@@ -146,7 +146,7 @@ def read_marker(uri_dir: str) -> dict[str, Any] | None:
     """The payload of ``uri_dir``'s completion marker, or None when the directory is not complete."""
     try:
         text = read_text(join(uri_dir, MARKER_NAME))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent, or ``uri_dir`` is a file
         return None
     try:
         return json.loads(text)

@@ -58,13 +58,25 @@ class InferenceRun:
     rows: int = 0
     rows_computed: int = 0
     seconds: float = 0.0  # the Ray Data pipeline, actor start-up included
+    first_result_seconds: float = 0.0  # until the first batch came back: start-up + one batch
+    first_result_rows: int = 0
 
     @property
     def rows_per_second(self) -> float | None:
         return self.rows_computed / self.seconds if self.rows_computed and self.seconds else None
 
+    @property
+    def steady_rows_per_second(self) -> float | None:
+        """Rows per second once the actors are up (after the first batch came back)."""
+        rows, seconds = self.rows_computed - self.first_result_rows, self.seconds - self.first_result_seconds
+        return rows / seconds if rows > 0 and seconds > 0 else None
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rows_per_second": self.rows_per_second}
+        return {
+            **asdict(self),
+            "rows_per_second": self.rows_per_second,
+            "steady_rows_per_second": self.steady_rows_per_second,
+        }
 
 
 class Geolocator:
@@ -187,9 +199,8 @@ def run_sharded_inference(
     connect_ray()  # the caller's ray_scope shuts down a session started here
     check_resources(cfg.eval)
     started = time.monotonic()
-    _infer(
-        cfg, replace(cfg.model, name_or_path=model_source), rows, directory, fingerprint, pending, build, run
-    )
+    model = replace(cfg.model, name_or_path=model_source)
+    _infer(cfg, model, rows, directory, fingerprint, pending, build, run, started)
     run.seconds = round(time.monotonic() - started, 3)
     return run
 
@@ -212,6 +223,7 @@ def _infer(
     pending: list[shards.Shard],
     build: TableBuilder,
     run: InferenceRun,
+    started: float,
 ) -> None:
     import ray
 
@@ -233,6 +245,9 @@ def _infer(
     remaining = {i: s.rows for i, s in by_index.items()}
     per_shard = settings.rows_per_shard
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        if not run.first_result_rows:
+            run.first_result_seconds = round(time.monotonic() - started, 3)
+            run.first_result_rows = len(batch["row"])
         finished = set()
         for row, text, error in zip(batch["row"], batch["completion"], batch["inference_error"], strict=True):
             index = int(row) // per_shard

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from geor_core import uris
 from geor_core.config import GeorConfig, load_config
 from geor_core.dataset import read_prepared
 from geor_core.grpo_setup import GRPO_COLUMNS
@@ -64,6 +65,7 @@ def single_torch_thread() -> Iterator[None]:
 
 
 def held_out_rows(data_uri: str) -> pa.Table:
+    """The val and test rows: settlements the training split never shows."""
     return pa.concat_tables([read_prepared(data_uri, split, GRPO_COLUMNS) for split in ("val", "test")])
 
 
@@ -106,7 +108,9 @@ def policy_scores(model_uri: str, rows: pa.Table, cfg: GeorConfig) -> dict[str, 
 
 def train_reward_windows(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     """(step, mean train reward over the logging window ending there), first-step entry excluded."""
-    return [(entry["step"], entry["reward"]) for entry in log_history if "reward" in entry and entry["step"] > 1]
+    return [
+        (entry["step"], entry["reward"]) for entry in log_history if "reward" in entry and entry["step"] > 1
+    ]
 
 
 def test_grpo_raises_the_sampled_policys_reward_over_training_and_on_held_out_rows(
@@ -119,8 +123,6 @@ def test_grpo_raises_the_sampled_policys_reward_over_training_and_on_held_out_ro
     result = run_grpo(cfg, prepared_world, sft_checkpoint.export_uri, str(tmp_path))
     assert result.global_step == STEPS
     after = policy_scores(result.export_uri, rows, cfg)
-
-    from geor_core import uris
 
     windows = train_reward_windows(uris.read_marker(result.export_uri)["log_history"])
     report = {

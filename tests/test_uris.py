@@ -178,3 +178,12 @@ def test_ray_data_writes_and_reads_s3_through_pyarrow_filesystem(ray_cluster, s3
     assert uris.glob(uris.join(s3_prefix, "table", "*.parquet"))
     rows = ray.data.read_parquet(path, filesystem=arrow_fs).take_all()
     assert sorted(row["id"] for row in rows) == list(range(20))
+
+
+def test_marker_of_a_plain_file_is_absent_not_an_error(tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("id,lat,lon\n")
+    assert uris.read_marker(str(manifest)) is None
+    from geor_core.lineage import data_fingerprint
+
+    assert data_fingerprint(str(manifest)) == data_fingerprint(str(manifest))

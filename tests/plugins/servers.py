@@ -258,6 +258,22 @@ def ray_cluster(s3_server: S3Server) -> Iterator[Any]:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "GEOR_PARENT_RUN_ID")
+_ENV_AT_START = {name: os.environ.get(name) for name in TRACKING_ENV}
+
+
+@pytest.fixture(autouse=True)
+def _tracking_env_restored() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI to the process environment; put the
+    tracking variables back after every test so one test's server never leaks into the next."""
+    yield
+    for name, value in _ENV_AT_START.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Report how long each session server took to start."""
     if STARTUP_SECONDS:

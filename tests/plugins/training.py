@@ -23,7 +23,9 @@ def prepared_world(ray_cluster: Any, world_dir: Path, tmp_path_factory: pytest.T
     from tasks.prepare import run_prepare
 
     output = str(tmp_path_factory.mktemp("prepared") / "world")
-    cfg = load_config(TEST_PRESET, values={"prepare.manifest": str(world_dir / "manifest.csv"), "prepare.output": output})
+    cfg = load_config(
+        TEST_PRESET, values={"prepare.manifest": str(world_dir / "manifest.csv"), "prepare.output": output}
+    )
     started = time.monotonic()
     run_prepare(cfg)
     BUILD_SECONDS["prepared_world"] = time.monotonic() - started
@@ -31,7 +33,9 @@ def prepared_world(ray_cluster: Any, world_dir: Path, tmp_path_factory: pytest.T
 
 
 @pytest.fixture(scope="session")
-def sft_checkpoint(prepared_world: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def sft_checkpoint(
+    prepared_world: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     from geor_core.config import load_config
     from tasks.sft import run_sft
 
