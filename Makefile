@@ -8,7 +8,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 .PHONY: install lint format test demo clean
 DEMO := runs/demo
 DEMO_CONFIG ?= tiny
-GEOR := $(BIN)/geor --config $(DEMO_CONFIG)
+CFG = --config $(DEMO_CONFIG)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,13 +35,13 @@ demo: install
 	@mkdir -p $(DEMO)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/runs/mlflow.db}; export MLFLOW_TRACKING_URI; \
 	set -e; \
-	$(BIN)/geor make-tiny-model --config $(DEMO_CONFIG) --output $(DEMO)/tiny-model; \
-	$(BIN)/geor make-world --config $(DEMO_CONFIG) --output $(DEMO)/world; \
-	$(GEOR) prepare --manifest $(DEMO)/world/manifest.csv --output $(DEMO)/prepared; \
-	$(GEOR) sft --data $(DEMO)/prepared --model $(DEMO)/tiny-model --output $(DEMO)/sft; \
-	$(GEOR) mine-hard --data $(DEMO)/prepared --model $(DEMO)/sft/model --output $(DEMO)/hard; \
-	$(GEOR) grpo --data $(DEMO)/hard --model $(DEMO)/sft/model --output $(DEMO)/grpo; \
-	$(GEOR) evaluate --data $(DEMO)/prepared --output $(DEMO)/eval \
+	$(BIN)/geor make-tiny-model $(CFG) --output $(DEMO)/tiny-model; \
+	$(BIN)/geor make-world $(CFG) --output $(DEMO)/world; \
+	$(BIN)/geor prepare $(CFG) --manifest $(DEMO)/world/manifest.csv --output $(DEMO)/prepared; \
+	$(BIN)/geor sft $(CFG) --data $(DEMO)/prepared --model $(DEMO)/tiny-model --output $(DEMO)/sft; \
+	$(BIN)/geor mine-hard $(CFG) --data $(DEMO)/prepared --model $(DEMO)/sft/model --output $(DEMO)/hard; \
+	$(BIN)/geor grpo $(CFG) --data $(DEMO)/hard --model $(DEMO)/sft/model --output $(DEMO)/grpo; \
+	$(BIN)/geor evaluate $(CFG) --data $(DEMO)/prepared --output $(DEMO)/eval \
 	    --model base=$(DEMO)/tiny-model --model sft=$(DEMO)/sft/model --model sft+grpo=$(DEMO)/grpo/model; \
 	echo "MLflow: $$MLFLOW_TRACKING_URI  (browse: $(BIN)/mlflow ui --backend-store-uri $$MLFLOW_TRACKING_URI)"
 

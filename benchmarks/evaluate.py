@@ -7,9 +7,10 @@ Builds (once, in ``--workdir``) the tiny untrained model and a synthetic world o
 photos, prepared with `geor prepare`. The untrained model writes ``--max-new-tokens`` tokens for
 every photo, so every row costs the same. Then, over the same rows and model:
 
-- ``single_process``: one process loads the model and loops over batches (load the images,
-  ``geor_core.generation.generate``, parse), with torch at ``--threads`` threads (default 1: on
-  this tiny model more threads are slower, and under load much slower);
+- ``single_process``: a fresh process imports torch, loads the model and loops over batches
+  (load the images, ``geor_core.generation.generate``, parse), with torch at ``--threads``
+  threads (default 1: on this tiny model more threads are slower, under load much slower);
+  seconds are wall time from process start to exit;
 - ``ray_data``: tasks.batch_inference.run_sharded_inference (the path `geor evaluate` takes:
   from_arrow -> map_batches over an actor pool -> shards written with markers), for each actor
   count, each actor with ``--cpus-per-actor`` CPUs and one torch thread; seconds include starting
@@ -29,6 +30,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,35 +79,56 @@ def build_inputs(workdir: Path, rows: int) -> tuple[str, str]:
     return str(model), str(prepared)
 
 
-def single_process(
-    model_dir: str, rows: list[dict], threads: int, batch_size: int, max_new_tokens: int
-) -> dict:
-    """The plain loop: load the model, then batches of images -> completions -> parsed."""
+def single_process_child(
+    model_dir: str, prepared: str, threads: int, batch_size: int, max_new_tokens: int
+) -> None:
+    """The plain loop, in its own fresh process: import, load the model, then batches of images ->
+    completions -> parsed. Prints its own timings as JSON."""
+    started = time.monotonic()
     import torch
 
+    from geor_core.dataset import read_prepared
     from geor_core.generation import generate
     from geor_core.images import load_image
     from geor_core.models import load_model, load_processor
     from geor_core.parse import parse_many
 
     torch.set_num_threads(threads)
-    started = time.monotonic()
+    rows = read_prepared(prepared, columns=["image"]).column("image").to_pylist()
     model, processor = load_model(model_dir, device="cpu"), load_processor(model_dir)
     loaded = time.monotonic()
     parsed = 0
     for start in range(0, len(rows), batch_size):
-        images = [load_image(r["image"]) for r in rows[start : start + batch_size]]
+        images = [load_image(uri) for uri in rows[start : start + batch_size]]
         texts = generate(model, processor, images, max_new_tokens=max_new_tokens)
         parsed += len(parse_many(texts).error)
-    done = time.monotonic()
     assert parsed == len(rows)
+    print(
+        json.dumps(
+            {
+                "rows": len(rows),
+                "load_seconds": loaded - started,
+                "generate_seconds": time.monotonic() - loaded,
+            }
+        )
+    )
+
+
+def single_process(model_dir: str, prepared: str, threads: int, batch_size: int, max_new_tokens: int) -> dict:
+    """Run the plain loop in a fresh process; seconds are wall time from process start to exit."""
+    command = [sys.executable, __file__, "--baseline-child", model_dir, prepared, str(threads)]
+    command += [str(batch_size), str(max_new_tokens)]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    seconds = time.monotonic() - started
+    child = json.loads(done.stdout.strip().splitlines()[-1])
     return _progress(
         {
             "threads": threads,
-            "seconds": round(done - started, 2),
-            "load_seconds": round(loaded - started, 2),
-            "rows_per_s": round(len(rows) / (done - started), 2),
-            "generate_rows_per_s": round(len(rows) / (done - loaded), 2),
+            "seconds": round(seconds, 2),
+            "load_seconds": round(child["load_seconds"], 2),
+            "rows_per_s": round(child["rows"] / seconds, 2),
+            "generate_rows_per_s": round(child["rows"] / child["generate_seconds"], 2),
         }
     )
 
@@ -146,6 +169,10 @@ def ray_data(model_dir: str, prepared: str, actors: int, cpus: float, overrides:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--baseline-child"]:
+        model_dir, prepared, threads, batch_size, max_new_tokens = sys.argv[2:7]
+        single_process_child(model_dir, prepared, int(threads), int(batch_size), int(max_new_tokens))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=600)
     parser.add_argument("--actors", default="1,2", help="comma-separated actor counts to measure")
@@ -162,11 +189,13 @@ def main() -> None:
 
     from geor_core.dataset import read_prepared
 
-    rows = read_prepared(prepared, columns=["image"]).to_pylist()
+    rows = read_prepared(prepared, columns=["image"]).num_rows
     import ray
 
     started = time.monotonic()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    # A private cluster: a bare ray.init() would join any cluster already running on the machine.
+    ray_dir = tempfile.mkdtemp(prefix="geor-bench-ray-", dir="/tmp")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, _temp_dir=ray_dir)
     ray_start = time.monotonic() - started
     overrides = [
         f"eval.max_new_tokens={args.max_new_tokens}",
@@ -178,11 +207,14 @@ def main() -> None:
     try:  # rounds alternate the two sides, so a busy moment on a shared machine hits both
         for _ in range(args.repeats):
             for threads, runs in baseline.items():
-                runs.append(single_process(model_dir, rows, threads, args.batch_size, args.max_new_tokens))
+                runs.append(
+                    single_process(model_dir, prepared, threads, args.batch_size, args.max_new_tokens)
+                )
             for actors, runs in pooled.items():
                 runs.append(ray_data(model_dir, prepared, actors, args.cpus_per_actor, overrides))
     finally:
         ray.shutdown()
+        shutil.rmtree(ray_dir, ignore_errors=True)
     baseline_best = {t: _median(runs) for t, runs in baseline.items()}
     pooled_best = {n: _median(runs) for n, runs in pooled.items()}
     best_single = max(baseline_best.values())
@@ -192,7 +224,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "rows": len(rows),
+                "rows": rows,
                 "model": "tiny untrained (1.24M parameters), every row generates max_new_tokens",
                 "max_new_tokens": args.max_new_tokens,
                 "batch_size": args.batch_size,

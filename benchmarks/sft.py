@@ -18,17 +18,20 @@ intervals beyond ``--steps``, so the only save is the Trainer's final one. Ray's
 nice 0, like the baseline (Ray's default is nice 15, which on a shared machine decides the race).
 
 Per-step time comes from the Trainer itself: a TrainerCallback records a timestamp at every
-``on_step_end``; steady state is the mean (and the median) over the steps after ``--warmup``.
-Beside wall time it records the training process's CPU seconds and the seconds its threads
-waited on a run queue (Linux schedstat): the CPU per step is the work itself, the same whatever
-else the machine runs; the wait is what other load took. Each training process runs ``--threads``
-torch threads (default 1: on an oversubscribed 2-core machine, two OpenMP threads per process
-spin-wait for each other and a step can cost 10x its CPU). In the Ray runs the
-callback is attached by a thin wrapper around the stage's own worker loop (``sft_worker_loop``,
-unchanged), which writes the timings to a file. Fixed costs come from the same clock: process
-start, ``ray.init``, worker group start, model/data load, DeepSpeed init, export, teardown. The
-parent samples the CPU time of every process of each run's tree (driver, Ray daemons, workers),
-to show where CPU goes during the steady-state steps.
+``on_step_end``; steady state is the mean (and the median) over the steps after ``--warmup``. In
+the Ray runs the callback is attached by a thin wrapper around the stage's own worker loop
+(``tasks.sft.sft_worker_loop``, unchanged), which writes the timings to a file. Beside wall time
+the callback records the training process's CPU seconds and the seconds its threads waited on a
+run queue (Linux schedstat): CPU per step is the work itself, whatever else the machine runs; the
+wait is what other load took. Each training process runs ``--threads`` torch threads (default 1:
+on an oversubscribed 2-core machine two OpenMP threads spin-wait for each other, and a step took
+5-10x the CPU it takes alone).
+
+Fixed costs come from the same clock: process start, ``ray.init``, worker group start, model and
+data load, DeepSpeed init, export, worker group stop, ``ray.shutdown``. The parent samples the CPU
+time of every process of each run's tree (driver, Ray daemons, workers) every 0.5 s:
+``cores_during_steady_steps`` shows where CPU goes during the steady-state steps, and
+``tree_cpu_s_per_step`` is the whole run's CPU per step, Ray's own processes included.
 
 Prints one JSON object: every run, the best of each configuration, and the ratios. Stop it with
 Ctrl-C (SIGINT), which reaches the child and lets a Ray driver shut its cluster down.
@@ -223,7 +226,7 @@ def run_ray(args: argparse.Namespace, marks: dict[str, float]) -> dict[str, Any]
 
 
 def child_main(args: argparse.Namespace) -> None:
-    marks = {"launched": args.launched_at, "script_start": time.time()}
+    marks = {"launched": args.launched_at}
     record = run_bare(args) if args.child == "bare" else run_ray(args, marks)
     record["marks"] = marks
     Path(args.result).write_text(json.dumps(record))
@@ -244,16 +247,22 @@ def build_inputs(work: Path, rows: int, countries: int, env: dict[str, str]) -> 
         (
             world / "manifest.csv",
             ["make-world", "--output", str(world), "--rows", str(rows), "--countries", str(countries)],
-        ),  # fmt: skip
+        ),
         (
             prepared / "_SUCCESS.json",
             ["prepare", "--manifest", str(world / "manifest.csv"), "--output", str(prepared)],
-        ),  # fmt: skip
+        ),
     ]
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "build.log"
     for done, command in steps:
-        if not done.exists():
-            subprocess.run([sys.executable, "-m", "flows", *command, "--config", PRESET], check=True,
-                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL)  # fmt: skip
+        if done.exists():
+            continue
+        with log.open("a") as output:
+            built = subprocess.run([sys.executable, "-m", "flows", *command, "--config", PRESET], env=env,
+                                   cwd=ROOT, stdout=output, stderr=output)  # fmt: skip
+        if built.returncode != 0:
+            raise SystemExit(f"geor {command[0]} failed with exit code {built.returncode}; see {log}")
     return str(model), str(prepared)
 
 
@@ -425,7 +434,6 @@ def main() -> None:
         raise SystemExit(f"--configs: unknown {sorted(unknown)}; allowed: {', '.join(CONFIGS)}")
 
     work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", RAY_worker_niceness="0",
                PYTHONPATH=str(ROOT))  # fmt: skip

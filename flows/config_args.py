@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from geor_core import uris
 from geor_core.config import GeorConfig, load_config
 
 
@@ -16,6 +17,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+PATH_KEYS = ("manifest", "output", "dataset", "images_root", "name_or_path")
+
+
+def local_paths_absolute(key: str, value: object) -> object:
+    """Flag values that are local paths, made absolute: Ray workers run in other directories."""
+    leaf = key.rsplit(".", 1)[-1]
+    if not isinstance(value, str) or leaf not in PATH_KEYS:
+        return value
+    return uris.absolute(value, may_be_hub_id=leaf == "name_or_path")
+
+
 def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = None) -> GeorConfig:
     """The config from --config and overrides; ``flags`` maps argparse dests to dotted keys (flag sugar).
 
@@ -25,5 +37,5 @@ def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = No
     for dest, key in (flags or {}).items():
         value = getattr(args, dest, None)
         if value is not None and value is not False:
-            values[key] = value
+            values[key] = local_paths_absolute(key, value)
     return load_config(args.config, args.overrides, values)

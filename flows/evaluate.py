@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from flows.config_args import add_config_arguments, config_from_args
+from flows.config_args import add_config_arguments, config_from_args, local_paths_absolute
 from geor_core.published import BENCHMARKS
 
 FLAG_KEYS = {"data": "data.dataset"}
@@ -35,13 +35,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
+def _absolute_model(spec: str) -> str:
+    """``URI`` or ``LABEL=URI`` with a local URI made absolute (Ray actors run elsewhere)."""
+    label, sep, uri = spec.partition("=")
+    if not sep or "/" in label or ":" in label:
+        return local_paths_absolute("name_or_path", spec)
+    return f"{label}={local_paths_absolute('name_or_path', uri)}"
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, FLAG_KEYS)
     from geor_core.errors import UserFacingError
     from geor_core.evaluation_report import COMPARISON_COLUMNS, markdown_table
     from tasks.evaluate import run_evaluate
 
-    models = args.model or ([cfg.model.name_or_path] if cfg.model.name_or_path else [])
+    models = [_absolute_model(m) for m in args.model] if args.model else []
+    models = models or ([cfg.model.name_or_path] if cfg.model.name_or_path else [])
+    args.output = local_paths_absolute("output", args.output)
     for flag, value in (("--data", cfg.data.dataset), ("--model", models), ("--output", args.output)):
         if not value:
             raise UserFacingError(f"{flag} is required")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from flows.config_args import add_config_arguments, config_from_args
+from flows.config_args import add_config_arguments, config_from_args, local_paths_absolute
 
 FLAG_KEYS = {"data": "data.dataset", "model": "model.name_or_path", "radius_km": "grpo.hard_radius_km"}
 
@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, FLAG_KEYS)
+    args.output = local_paths_absolute("output", args.output)
     from geor_core.errors import UserFacingError
     from tasks.mine_hard import run_mine_hard
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from flows.config_args import add_config_arguments, config_from_args
+from flows.config_args import add_config_arguments, config_from_args, local_paths_absolute
 
 FLAG_KEYS = {"model": "model.name_or_path"}
 
@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, FLAG_KEYS)
+    args.output = local_paths_absolute("output", args.output)
+    args.images = local_paths_absolute("manifest", args.images)
     from geor_core.errors import UserFacingError
     from tasks.predict import run_predict
 

@@ -70,6 +70,23 @@ def _to_uri(fs: AbstractFileSystem, path: str) -> str:
     return path if _is_local(fs) else fs.unstrip_protocol(path)
 
 
+def absolute(uri: str, *, may_be_hub_id: bool = False) -> str:
+    """A local path made absolute (Ray workers do not share the driver's working directory).
+    URIs with a scheme (s3://, models:/, http://) are returned unchanged, and so, when
+    ``may_be_hub_id``, is an ``owner/name`` that names no local path."""
+    if not uri or "://" in uri or uri.startswith("models:/"):
+        return uri
+    if not may_be_hub_id or os.path.exists(uri) or uri.startswith((".", "/", "~")) or "/" not in uri:
+        return os.path.abspath(os.path.expanduser(uri))
+    return uri if _looks_like_hub_id(uri) else os.path.abspath(uri)
+
+
+def _looks_like_hub_id(uri: str) -> bool:
+    """``owner/name`` with no local folder ``owner``: how hub ids look."""
+    parts = uri.split("/")
+    return len(parts) == 2 and not os.path.isdir(parts[0])
+
+
 def join(uri: str, *parts: str) -> str:
     """``join("s3://b/run", "train", "part-0.parquet")`` -> ``"s3://b/run/train/part-0.parquet"``."""
     _check_uri(uri)

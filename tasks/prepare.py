@@ -41,6 +41,7 @@ from geor_core.manifest import manifest_fingerprint as manifest_fingerprint_of  
 from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block  # noqa: E402
 from geor_core.prepare_output import check_settings, clear_output, finish_output, finished_stats  # noqa: E402
 from tasks.prepare_scan import ManifestScan, scan_manifest  # noqa: E402
+from tasks.ray_session import connect_ray
 
 ACTOR_CPUS = 0.5  # whole-CPU actors starve the read/write tasks on 2 cores (DESIGN.md)
 STREAMING_READ_CPUS = 0.25  # a read task that only parses, feeding transform tasks
@@ -104,7 +105,7 @@ def run_prepare(cfg: GeorConfig) -> PrepareOutcome:
     lineage = {"geor.data_fingerprint": manifest_fingerprint, "geor.upstream.manifest": prepare.manifest}
     with tracking.stage_run(cfg, "prepare", tags=lineage) as run:
         clock = {"start": started}
-        started_ray = _connect_ray()
+        started_ray = connect_ray()
         clock["ray_ready"] = time.monotonic()
         try:
             scan = scan_manifest(files, prepare)
@@ -136,15 +137,6 @@ def _phases(clock: dict[str, float], now: float) -> dict[str, float]:
     ]
     names = ("ray_start", "scan", "pipeline", "ray_stop", "count")
     return {name: round(b - a, 3) for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)}
-
-
-def _connect_ray() -> bool:
-    """Use the Ray session in place, else connect (``RAY_ADDRESS``, e.g. under ``ray job submit``)
-    or start a local one. True when this call started it, so the caller shuts it down."""
-    if ray.is_initialized():
-        return False
-    ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
-    return True
 
 
 def _rules(prepare: PrepareConfig, manifest_fingerprint: str) -> RowRules:

@@ -187,3 +187,13 @@ def test_marker_of_a_plain_file_is_absent_not_an_error(tmp_path):
     from geor_core.lineage import data_fingerprint
 
     assert data_fingerprint(str(manifest)) == data_fingerprint(str(manifest))
+
+
+def test_local_paths_become_absolute_and_remote_uris_do_not(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    assert uris.absolute("out/sft") == str(tmp_path / "out" / "sft")
+    assert uris.absolute("models/tiny", may_be_hub_id=True) == str(tmp_path / "models" / "tiny")
+    assert uris.absolute("Qwen/Qwen2.5-VL-7B-Instruct", may_be_hub_id=True) == "Qwen/Qwen2.5-VL-7B-Instruct"
+    for remote in ("s3://bucket/prefix", "models:/geo-r@champion", ""):
+        assert uris.absolute(remote) == remote
