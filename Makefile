@@ -42,7 +42,7 @@ demo: install
 	$(BIN)/geor mine-hard $(CFG) --data $(DEMO)/prepared --model $(DEMO)/sft/model --output $(DEMO)/hard; \
 	$(BIN)/geor grpo $(CFG) --data $(DEMO)/hard --model $(DEMO)/sft/model --output $(DEMO)/grpo; \
 	$(BIN)/geor evaluate $(CFG) --data $(DEMO)/prepared --output $(DEMO)/eval \
-	    --model base=$(DEMO)/tiny-model --model sft=$(DEMO)/sft/model --model sft+grpo=$(DEMO)/grpo/model; \
+	    --model base=$(DEMO)/tiny-model --model sft=$(DEMO)/sft/model --model grpo=$(DEMO)/grpo/model; \
 	echo "MLflow: $$MLFLOW_TRACKING_URI  (browse: $(BIN)/mlflow ui --backend-store-uri $$MLFLOW_TRACKING_URI)"
 
 clean:
