@@ -161,7 +161,7 @@ def score_completions(
     if cfg.mode not in ("product", "weighted_sum"):
         raise ValueError(f"reward.mode must be 'product' or 'weighted_sum', got {cfg.mode!r}")
     n = len(completions)
-    lat_true, lon_true = _truth_coordinates(truth_lat, truth_lon, n)
+    lat_true, lon_true = truth_coordinates(truth_lat, truth_lon, n)
     parsed = parse_many(completions)
     failed = parsed.missing
     distance_km = haversine_km(parsed.lat, parsed.lon, lat_true, lon_true)
@@ -189,7 +189,8 @@ def score_completions(
     }
 
 
-def _truth_coordinates(truth_lat: ArrayLike, truth_lon: ArrayLike, n: int) -> tuple[np.ndarray, np.ndarray]:
+def truth_coordinates(truth_lat: ArrayLike, truth_lon: ArrayLike, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Truth coordinates as float64 arrays of length ``n``; a ValueError names a bad row."""
     lat = np.asarray(truth_lat, dtype=np.float64).reshape(-1)
     lon = np.asarray(truth_lon, dtype=np.float64).reshape(-1)
     if lat.size != n or lon.size != n:

@@ -40,7 +40,7 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, Work
 
 from geor_core.config import RewardConfig  # noqa: E402
 from geor_core.parse import completion_text  # noqa: E402
-from geor_core.rewards import RewardSettings, score_completions  # noqa: E402
+from geor_core.rewards import RewardSettings, score_completions, truth_coordinates  # noqa: E402
 
 # What a dead or unreachable actor raises (ActorDiedError and ActorUnavailableError are
 # RayActorErrors); anything else is the scoring's own error and goes to the caller.
@@ -304,16 +304,7 @@ class RewardActorPool:
         if isinstance(completions, str | bytes) or not isinstance(completions, Sequence | np.ndarray):
             raise ValueError(f"completions must be a list of completions, got {type(completions).__name__}")
         n = len(completions)
-        lat = np.asarray(truth_lat, dtype=np.float64).reshape(-1)
-        lon = np.asarray(truth_lon, dtype=np.float64).reshape(-1)
-        if lat.size != n or lon.size != n:
-            raise ValueError(f"got {n} completions but {lat.size} truth_lat and {lon.size} truth_lon values")
-        bad = ~((np.abs(lat) <= 90.0) & (np.abs(lon) <= 180.0))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"truth row {i} is not a valid coordinate: ({float(lat[i])!r}, {float(lon[i])!r})"
-            )
+        lat, lon = truth_coordinates(truth_lat, truth_lon, n)
         cfg = self.reward_cfg
         region_needed = bool(cfg.w_country or cfg.w_state or cfg.w_city)
         truth: list[list[object] | None] = []
