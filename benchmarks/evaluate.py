@@ -49,7 +49,7 @@ def _progress(measured: dict) -> dict:
 
 
 def _median(runs: list[dict], key: str = "rows_per_s") -> float:
-    return float(statistics.median(run[key] for run in runs))
+    return round(float(statistics.median(run[key] for run in runs)), 2)
 
 
 def build_inputs(workdir: Path, rows: int) -> tuple[str, str]:
