@@ -39,8 +39,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "test"
 GRPO_SETTINGS = [  # the learning test's settings (tests/test_grpo_learning.py)
@@ -55,7 +53,6 @@ ARMS = {
     "+GRPO product": ["reward.mode=product"],
     "+GRPO weighted_sum": ["reward.mode=weighted_sum", "reward.w_region=0.3", "reward.region_source=text"],
 }
-SAMPLING_SEED = 1234
 
 
 def build_start(work: Path, args: argparse.Namespace, env: dict[str, str]) -> tuple[str, str, str]:
@@ -85,45 +82,22 @@ def build_start(work: Path, args: argparse.Namespace, env: dict[str, str]) -> tu
 
 def evaluate_model(model_uri: str, rows: Any, cfg: Any, samples: int) -> dict[str, Any]:
     """Greedy and sampled metrics of one model on ``rows`` (generation on one torch thread)."""
-    import torch
-
     from geor_core.config import RewardConfig
-    from geor_core.generation import generate
-    from geor_core.images import load_image
-    from geor_core.metrics import compute_metrics
-    from geor_core.models import load_model, load_processor
-    from geor_core.parse import parse_many
-    from geor_core.rewards import score_completions
+    from geor_core.sampled_reward import (
+        completion_metrics,
+        greedy_metrics,
+        load_policy,
+        sampled_reward,
+        single_torch_thread,
+    )
 
-    torch.set_num_threads(1)  # two OpenMP threads on a loaded 2-core machine are far slower
-    model, processor = load_model(model_uri), load_processor(model_uri)
-    model.eval()
-    images = [load_image(uri) for uri in rows.column("image").to_pylist()]
-    truth = {name: rows.column(name).to_pylist() for name in ("lat", "lon", "country_code", "state", "city")}
-    max_new = cfg.grpo.max_completion_length
-    greedy = generate(model, processor, images, max_new_tokens=max_new)
-    sampled = [
-        text
-        for draw in range(samples)
-        for text in generate(model, processor, images, max_new_tokens=max_new, do_sample=True,
-                             temperature=cfg.grpo.temperature, top_p=cfg.grpo.top_p, seed=SAMPLING_SEED + draw)
-    ]  # fmt: skip
-
-    def metrics(texts: list[str], copies: int) -> dict[str, Any]:
-        t = {name: values * copies for name, values in truth.items()}
-        parsed = parse_many(texts)
-        found = compute_metrics(
-            parsed.lat, parsed.lon, t["lat"], t["lon"], format_ok=parsed.format_ok,
-            pred_country=parsed.country, pred_state=parsed.state, pred_city=parsed.city,
-            truth_country_code=t["country_code"], truth_state=t["state"], truth_city=t["city"],
-        )  # fmt: skip
-        paper = score_completions(
-            texts, t["lat"], t["lon"], t["country_code"], t["state"], t["city"], RewardConfig(mode="product")
-        )
-        found["paper_reward"] = float(np.mean(paper["combined"]))
-        return found
-
-    return {"greedy": metrics(greedy, 1), "sampled": metrics(sampled, samples)}
+    model, processor = load_policy(model_uri, cfg)
+    with single_torch_thread():
+        greedy = greedy_metrics(model, processor, rows, cfg)
+        # the paper's reward (distance x format) for every arm, whatever the arm trained on
+        sampled = sampled_reward(model, processor, rows, cfg, samples, reward=RewardConfig(mode="product"))
+    sampled_metrics = completion_metrics(sampled.completions, rows) | {"paper_reward": sampled.combined}
+    return {"greedy": greedy, "sampled": sampled_metrics}
 
 
 def stage_seconds(metrics: dict[str, Any]) -> float:

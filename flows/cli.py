@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("flows.evaluate", "batch inference on Ray Data: metrics, reasoning, plots, comparison"),
     "predict": ("flows.predict", "geolocate photos without truth: CoR text and coordinates as Parquet + CSV"),
     "mine-hard": ("flows.mine_hard", "keep the training rows predicted beyond a radius (GRPO hard samples)"),
+    "pipeline": (
+        "flows.pipeline",
+        "the whole workflow: prepare, SFT, mine hard, GRPO, evaluate, register with the champion gate",
+    ),
 }
 
 

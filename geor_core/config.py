@@ -202,20 +202,29 @@ class EvalConfig:
     max_rows: int = _range(0, 0, doc="0: all rows")
     worst_n: int = _range(20, 0)
     top_countries: int = _range(15, 1)
+    # `geor evaluate`'s sampled_reward: mean combined reward sampled at grpo.temperature/top_p, first N rows
+    sampled_rows: int = _range(0, 0, doc="0: off")
+    sampled_per_row: int = _range(4, 1)
 
 
 @dataclass
 class SweepConfig:
-    """Ray Tune sweeps over GRPO and reward settings."""
+    """Ray Tune sweeps over GRPO and reward settings (`geor sweep`)."""
 
-    num_samples: int = _range(4, 1)
+    space: str = ""  # the search space: a YAML path or a shipped name (configs/spaces/<name>.yaml)
+    output: str = ""  # where trials, Tune's state and best_config.yaml go (local or s3://)
+    num_samples: int = _range(4, 1, doc="trials drawn (random, optuna); under grid: repeats of the grid")
     max_concurrent: int = _range(2, 1)
     scheduler: str = _choice("asha", "asha", "fifo")
     search: str = _choice("random", "random", "grid", "optuna")
-    metric: str = "val_geoscore"
+    seed: int = 0  # of the random and optuna searchers
+    metric: str = "val_geoscore"  # a validation objective (geor_core.sweep_space.OBJECTIVES)
     mode: str = _choice("max", "max", "min")
-    grace_period: int = _range(1, 1)
-    cpus_per_trial: float = _range(1.0, 0.05)
+    grace_period: int = _range(1, 1, doc="ASHA: validations a trial always gets before it can be stopped")
+    reduction_factor: int = _range(2, 2, doc="ASHA: keep the best 1/reduction_factor at each rung")
+    # each trial's driver (the Tune function that launches the GRPO TorchTrainer and waits for it);
+    # its Train workers and reward actors hold their own CPUs (grpo.cpus_per_worker, grpo.reward_actor_cpus)
+    cpus_per_trial: float = _range(0.05, 0.01)
     keep_checkpoints: bool = False
 
 

@@ -17,27 +17,14 @@ from typing import Any
 import pandas as pd
 
 from geor_core import analysis
-from geor_core.metrics import THRESHOLDS_KM
 from geor_core.published import published_rows
-from geor_core.scoring import score_tables
+from geor_core.scoring import METRIC_COLUMNS, score_tables
 
 SCORE_ARGS = {"text_col": "completion", "lat_col": "truth_lat", "lon_col": "truth_lon"}
-COMPARISON_COLUMNS = (
-    "model",
-    "source",
-    "n",
-    "n_missing",
-    *(f"acc_{t}km" for t in THRESHOLDS_KM),
-    "median_km",
-    "mean_km",
-    "geoscore",
-    "format_rate",
-    "country_match_rate",
-    "state_match_rate",
-    "city_match_rate",
-)
-# Scalars logged as MLflow metrics (the rest of a score result is counts by reason and id samples).
-METRIC_KEYS = COMPARISON_COLUMNS[2:] + ("missing_rate",)
+# sampled_reward: the mean combined reward of sampled completions (eval.sampled_rows; "-" when off)
+COMPARISON_COLUMNS = ("model", "source", "n", "n_missing", *METRIC_COLUMNS, "sampled_reward")
+# Scalars of a score result logged as MLflow metrics (the rest is counts by reason and id samples).
+METRIC_KEYS = ("n", "n_missing", *METRIC_COLUMNS, "missing_rate")
 
 
 @dataclass
@@ -82,7 +69,8 @@ def model_report(predictions: pd.DataFrame, *, worst_n: int, top_countries: int)
 def comparison_rows(
     models: Iterable[tuple[str, str, dict[str, Any]]], benchmark: str | None = None
 ) -> list[dict[str, Any]]:
-    """One row per (label, source, score result), then the benchmark's published rows if any."""
+    """One row per (label, source, metrics: a score result, plus ``sampled_reward`` where measured),
+    then the benchmark's published rows if any."""
     rows = [
         {"model": label, "source": source, **{key: metrics.get(key) for key in COMPARISON_COLUMNS[2:]}}
         for label, source, metrics in models

@@ -38,6 +38,18 @@ from geor_core.metrics import THRESHOLDS_KM, compute_metrics
 from geor_core.parse import parse_many
 
 LEVEL_COLUMNS = ("country", "state", "city")
+ACCURACY_COLUMNS = tuple(f"acc_{t}km" for t in THRESHOLDS_KM)
+# The headline metrics, in the order every table shows them (`geor score`, `geor evaluate`).
+METRIC_COLUMNS = (
+    *ACCURACY_COLUMNS,
+    "median_km",
+    "mean_km",
+    "geoscore",
+    "format_rate",
+    "country_match_rate",
+    "state_match_rate",
+    "city_match_rate",
+)
 MAX_IDS_SHOWN = 10
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -267,17 +279,10 @@ def format_table(result: dict[str, Any]) -> str:
         ("n_missing", result["n_missing"]),
     ]
     rows += [(f"  {reason}", count) for reason, count in result["missing_reasons"].items()]
-    rows += [(f"acc_{t}km (%)", _show(result[f"acc_{t}km"])) for t in THRESHOLDS_KM]
-    for key in (
-        "median_km",
-        "mean_km",
-        "geoscore",
-        "format_rate",
-        "country_match_rate",
-        "state_match_rate",
-        "city_match_rate",
-    ):
-        if result.get(key) is not None:
+    for key in METRIC_COLUMNS:
+        if key in ACCURACY_COLUMNS:  # always shown; the others only when computed
+            rows.append((f"{key} (%)", _show(result[key])))
+        elif result.get(key) is not None:
             rows.append((key, _show(result[key])))
     rows.append(("n_truth_invalid", result["n_truth_invalid"]))
     rows += [(f"  {reason}", count) for reason, count in result["truth_invalid_reasons"].items()]

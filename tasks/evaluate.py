@@ -5,6 +5,7 @@ Output layout (local or s3://)::
 
     models/<label>/predictions/part-*.parquet   one row per evaluated photo (+ _markers/: resume)
     models/<label>/metrics.json                 metrics overall and per split, levels, consistency
+    models/<label>/sampled_reward.json          the sampled reward (eval.sampled_rows > 0)
     models/<label>/per_country.{csv,md}         the most frequent true countries
     models/<label>/worst.{csv,md}               the worst rows with their reasoning
     models/<label>/plots/{error_cdf,world_map,per_country}.png
@@ -15,8 +16,16 @@ Output layout (local or s3://)::
 Metrics are computed by `geor score`'s code (geor_core.evaluation_report). Rows come from the
 prepared data's ``eval.splits`` in that order, the first ``eval.max_rows`` of each (0: all).
 A re-run skips every finished prediction shard and rebuilds the report.
-MLflow: an ``evaluate`` run (comparison table, CDF plot, each model's headline metrics as
-``<label>/<metric>``) with one child run per model (metrics, per-split metrics, tables through
+
+Sampled reward (``eval.sampled_rows`` > 0): beside the greedy metrics, each model's mean combined
+reward over ``eval.sampled_per_row`` completions sampled with GRPO's settings on the first
+``eval.sampled_rows`` evaluated rows (geor_core.sampled_reward: the objective GRPO optimises,
+which greedy metrics do not show). It runs after batch inference as ONE Ray task with one
+inference actor's resources (a few dozen rows do not pay for a Ray Data pipeline), is the
+comparison's ``sampled_reward`` column, and is kept with a fingerprint so a re-run reuses it.
+MLflow: an ``evaluate`` run (comparison table, CDF plot, each model's headline metrics and
+sampled reward as ``<label>/<metric>``) with one child run per model (metrics, ``sampled_reward``
+and ``sampled/<component>``, per-split metrics, tables through
 ``mlflow.log_table``, plots, the predictions URI as the tag ``geor.predictions_uri``).
 """
 
@@ -25,7 +34,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +42,7 @@ import pandas as pd
 import pyarrow as pa
 
 from geor_core import plots, tracking, uris
-from geor_core.config import GeorConfig
+from geor_core.config import GeorConfig, ModelConfig
 from geor_core.dataset import read_prepared, require_prepared
 from geor_core.errors import UserFacingError
 from geor_core.evaluation_report import (
@@ -47,8 +56,16 @@ from geor_core.evaluation_report import (
 from geor_core.lineage import data_fingerprint
 from geor_core.predictions import PREPARED_TRUTH, evaluation_predictions
 from geor_core.published import BENCHMARKS, detect_benchmark
+from geor_core.sampled_reward import SAMPLING_SEED
 from geor_core.scoring import read_table
-from tasks.batch_inference import InferenceRun, inference_fingerprint, ray_scope, run_sharded_inference
+from tasks.batch_inference import (
+    Geolocator,
+    InferenceRun,
+    inference_fingerprint,
+    ray_scope,
+    run_sharded_inference,
+)
+from tasks.ray_session import connect_ray
 from tasks.training_run import check_model_source
 
 INPUT_COLUMNS = ["id", "split", "image", *dict.fromkeys(PREPARED_TRUTH.values())]
@@ -65,6 +82,11 @@ class ModelEvaluation:
     report: ModelReport
     inference: InferenceRun
     error_km: np.ndarray  # per evaluated row, NaN where the prediction is missing
+    sampled: dict[str, Any] | None  # geor_core.sampled_reward's summary; None when eval.sampled_rows is 0
+
+    def comparison_metrics(self) -> dict[str, Any]:
+        """The greedy score result plus ``sampled_reward`` (the mean combined sampled reward)."""
+        return {**self.report.metrics, "sampled_reward": self.sampled["combined"] if self.sampled else None}
 
 
 @dataclass
@@ -142,7 +164,9 @@ def run_evaluate(
             evaluations.append(evaluation)
             if run is not None:
                 _log_model(cfg, evaluation, output_uri)
-        comparison = comparison_rows([(e.label, e.source, e.report.metrics) for e in evaluations], benchmark)
+        comparison = comparison_rows(
+            [(e.label, e.source, e.comparison_metrics()) for e in evaluations], benchmark
+        )
         _write_comparison(output_uri, evaluations, comparison, benchmark)
         if run is not None:
             _log_comparison(evaluations, comparison, output_uri, benchmark)
@@ -181,9 +205,52 @@ def _evaluate_model(
     report = model_report(predictions, worst_n=cfg.eval.worst_n, top_countries=cfg.eval.top_countries)
     if report.metrics["n"] + report.metrics["n_truth_invalid"] != rows.num_rows:
         raise RuntimeError(f"{rows.num_rows} rows evaluated but {report.metrics['n']} scored")
-    _write_model_report(directory, label, source, predictions, report, inference)
+    sampled = _sampled_reward(cfg, source, rows, directory, fingerprint) if cfg.eval.sampled_rows else None
+    _write_model_report(directory, label, source, predictions, report, inference, sampled)
     error_km = predictions["error_km"].to_numpy(float)
-    return ModelEvaluation(label, source, predictions_uri, report, inference, error_km)
+    return ModelEvaluation(label, source, predictions_uri, report, inference, error_km, sampled)
+
+
+def _sampled_reward(
+    cfg: GeorConfig, source: str, rows: pa.Table, directory: str, fingerprint: str
+) -> dict[str, Any]:
+    """The sampled reward on the first ``eval.sampled_rows`` rows: reused when a finished one has
+    the same fingerprint, else computed by one Ray task with one inference actor's resources."""
+    settings = cfg.eval
+    subset = rows.slice(0, settings.sampled_rows)
+    sampling = {
+        "inference": fingerprint,
+        "grpo": {k: getattr(cfg.grpo, k) for k in ("temperature", "top_p", "max_completion_length")},
+        "per_row": settings.sampled_per_row,
+        "batch_size": settings.batch_size,
+        "seed": SAMPLING_SEED,
+        "ids": subset.column("id").to_pylist(),
+    }
+    key = inference_fingerprint(cfg, source, sampling=sampling)
+    uri = uris.join(directory, "sampled_reward.json")
+    if uris.exists(uri):
+        kept = json.loads(uris.read_text(uri))
+        if kept.get("fingerprint") == key:
+            return kept["sampled"]
+    import ray
+
+    connect_ray()  # the caller's ray_scope shuts down a session started here
+    resources = {"num_cpus": settings.cpus_per_actor, "num_gpus": settings.gpus_per_actor}
+    task = ray.remote(_score_sampled).options(**resources)
+    sampled = ray.get(task.remote(cfg, replace(cfg.model, name_or_path=source), subset))
+    uris.write_text(uri, json.dumps({"fingerprint": key, "sampled": sampled}, indent=2) + "\n")
+    return sampled
+
+
+def _score_sampled(cfg: GeorConfig, model: ModelConfig, rows: pa.Table) -> dict[str, Any]:
+    """On a Ray worker: load the model as an inference actor does, then sample and score."""
+    from geor_core.sampled_reward import sampled_reward
+
+    loaded = Geolocator(model, cfg.eval)
+    result = sampled_reward(
+        loaded.model, loaded.processor, rows, cfg, cfg.eval.sampled_per_row, batch_size=cfg.eval.batch_size
+    )
+    return result.summary()
 
 
 def _model_plots(label: str, predictions: pd.DataFrame, report: ModelReport) -> dict[str, bytes]:
@@ -207,8 +274,15 @@ def _write_model_report(
     predictions: pd.DataFrame,
     report: ModelReport,
     inference: InferenceRun,
+    sampled: dict[str, Any] | None,
 ) -> None:
-    summary = {"label": label, "model": source, **report.summary(), "inference": inference.to_dict()}
+    summary = {
+        "label": label,
+        "model": source,
+        **report.summary(),
+        "sampled": sampled,
+        "inference": inference.to_dict(),
+    }
     uris.write_text(uris.join(directory, "metrics.json"), json.dumps(summary, indent=2, default=str) + "\n")
     for name, table in (("per_country", report.per_country), ("worst", report.worst)):
         uris.write_text(uris.join(directory, f"{name}.csv"), table.to_csv(index=False))
@@ -277,6 +351,9 @@ def _log_model(cfg: GeorConfig, evaluation: ModelEvaluation, output_uri: str) ->
         )
         for split, result in report.splits.items():
             metrics |= _numeric({key: result.get(key) for key in METRIC_KEYS}, f"{split}/")
+        if evaluation.sampled:
+            metrics["sampled_reward"] = evaluation.sampled["combined"]
+            metrics |= _numeric(evaluation.sampled, "sampled/")
         if evaluation.inference.rows_per_second:
             metrics["rows_per_second"] = evaluation.inference.rows_per_second
         mlflow.log_metrics(metrics)
@@ -298,7 +375,7 @@ def _log_comparison(
 
     metrics: dict[str, float] = {}
     for evaluation in evaluations:
-        headline = {key: evaluation.report.metrics.get(key) for key in METRIC_KEYS}
+        headline = {key: evaluation.comparison_metrics().get(key) for key in (*METRIC_KEYS, "sampled_reward")}
         metrics |= _numeric(headline, f"{evaluation.label}/")
     mlflow.log_metrics(metrics)
     mlflow.log_table(pd.DataFrame(comparison, columns=list(COMPARISON_COLUMNS)), "comparison.json")

@@ -198,8 +198,14 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
 
 
 def _evaluate(argv: list[str], capsys) -> dict:
+    return _evaluate_printing(argv, capsys)[0]
+
+
+def _evaluate_printing(argv: list[str], capsys) -> tuple[dict, str]:
+    """Run `geor evaluate argv`: (the JSON summary line, everything printed before it)."""
     assert run_command(evaluate_command, argv) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    *table, summary = capsys.readouterr().out.strip().splitlines()
+    return json.loads(summary), "\n".join(table)
 
 
 def test_two_models_each_fully_reported_and_equal_to_geor_score(
@@ -213,7 +219,7 @@ def test_two_models_each_fully_reported_and_equal_to_geor_score(
         "eval.num_actors=2",
         f"tracking.uri={mlflow_server}",
     ]
-    summary = _evaluate(
+    summary, printed = _evaluate_printing(
         ["--data", prepared_world, "--model", f"untrained={tiny_model_dir}", "--model", sft_checkpoint.export_uri,
          "--output", str(output), "--config", "test", *overrides],
         capsys,
@@ -255,6 +261,14 @@ def test_two_models_each_fully_reported_and_equal_to_geor_score(
     comparison = json.loads((output / "comparison.json").read_text())
     assert [row["model"] for row in comparison["rows"]] == ["untrained", "model"]
     assert comparison["benchmark"] is None
+    # the sampled reward (the test preset: eval.sampled_rows 32 > the 24 rows evaluated: all of them)
+    sampled = {label: reports[label]["sampled"] for label in ("untrained", "model")}
+    assert all(s["rows"] == 24 and s["samples_per_row"] == 4 for s in sampled.values())
+    reward = {row["model"]: row["sampled_reward"] for row in comparison["rows"]}
+    assert reward == {label: s["combined"] for label, s in sampled.items()}
+    assert reward["model"] >= reward["untrained"] + 0.3 and sampled["untrained"]["parse_failed"] >= 0.9
+    header = next(line for line in printed.splitlines() if line.startswith("| model |"))
+    assert header.rstrip(" |").endswith("sampled_reward")  # `geor evaluate` prints the column
     assert uris.read_marker(str(output))["models"]["model"]["source"] == sft_checkpoint.export_uri
 
     from mlflow import MlflowClient
@@ -263,6 +277,7 @@ def test_two_models_each_fully_reported_and_equal_to_geor_score(
     experiment = client.get_experiment_by_name("geo-r").experiment_id
     (parent,) = client.search_runs([experiment], f"tags.`geor.output` = '{output}'")
     assert parent.data.metrics["model/acc_750km"] == trained["acc_750km"]
+    assert parent.data.metrics["model/sampled_reward"] == pytest.approx(reward["model"])
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     child = {run.data.tags["geor.model_label"]: run for run in children}
     assert set(child) == {"untrained", "model"}
@@ -271,6 +286,8 @@ def test_two_models_each_fully_reported_and_equal_to_geor_score(
     assert (
         sft_run.data.metrics["acc_200km"] == trained["acc_200km"] and "val/acc_200km" in sft_run.data.metrics
     )
+    assert sft_run.data.metrics["sampled_reward"] == pytest.approx(reward["model"])
+    assert sft_run.data.metrics["sampled/format"] == pytest.approx(sampled["model"]["format"])
     artifacts = {a.path for a in client.list_artifacts(sft_run.info.run_id)}
     assert {"per_country.json", "worst.json", "metrics.json", "plots"} <= artifacts
     plot_files = {a.path for a in client.list_artifacts(sft_run.info.run_id, "plots")}
@@ -293,6 +310,8 @@ def test_killed_evaluate_resumes_without_redoing_finished_shards(
     (predictions / "_markers" / "part-00002.json").unlink()
     (output / "_SUCCESS.json").unlink()
     finished = os.stat(predictions / "part-00000.parquet").st_mtime_ns
+    sampled_file = output / "models" / "model" / "sampled_reward.json"
+    sampled_at = os.stat(sampled_file).st_mtime_ns
 
     from tasks.evaluate import run_evaluate
 
@@ -304,6 +323,8 @@ def test_killed_evaluate_resumes_without_redoing_finished_shards(
     assert evaluation.report.metrics["n"] == 24 and uris.is_complete(str(output))
     again = pd.read_parquet(predictions / "part-00001.parquet")
     assert again["completion"].tolist() == before["completion"].tolist()  # greedy: the same answers
+    assert os.stat(sampled_file).st_mtime_ns == sampled_at  # same model, rows and settings: reused
+    assert evaluation.sampled["rows"] == 24
 
     bigger = run_evaluate(
         load_config("test", [*FAST, "eval.max_rows=0"]),
@@ -314,6 +335,7 @@ def test_killed_evaluate_resumes_without_redoing_finished_shards(
     n_test = read_prepared(prepared_world, "test", ["id"]).num_rows
     assert bigger.models[0].report.metrics["n"] == n_test
     assert bigger.models[0].inference.shards_skipped == 3  # only the rows beyond 24 were generated
+    assert bigger.models[0].sampled["rows"] == min(32, n_test)  # more rows than 24 now: measured again
     assert len(read_table(str(predictions))) == n_test
 
 

@@ -4,30 +4,26 @@ held-out rows (measured here, independently of TRL). Greedy metrics are printed 
 never asserted: DESIGN.md records that GRPO on this world raises the sampled reward while greedy
 accuracy may drift (the policy hedges toward a country's centre).
 
-The held-out measure: ``SAMPLES_PER_ROW`` completions per val and test row (fixed seeds,
-temperature ``grpo.temperature``) from the SFT export and from the GRPO export, scored by
-geor_core.rewards.score_completions with the run's reward config; the means are compared with a
-margin (``MIN_HELD_OUT_GAIN``), not a bare ``>``. The settings and the margin come from repeated
-measurement (docs/grpo.md; benchmarks/grpo_vs_sft.py has the cross-seed runs).
+The held-out measure: geor_core.sampled_reward (the same code as `geor evaluate`'s
+``sampled_reward`` column), ``SAMPLES_PER_ROW`` completions per val and test row (fixed seeds,
+temperature ``grpo.temperature``) from the SFT export and from the GRPO export, scored with the
+run's reward config; the means are compared with a margin (``MIN_HELD_OUT_GAIN``), not a bare
+``>``. The settings and the margin come from repeated measurement (docs/grpo.md;
+benchmarks/grpo_vs_sft.py has the cross-seed runs).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from geor_core import uris
 from geor_core.config import GeorConfig, load_config
 from geor_core.dataset import read_prepared
 from geor_core.grpo_setup import GRPO_COLUMNS
-from geor_core.metrics import compute_metrics
-from geor_core.parse import parse_many
-from geor_core.rewards import score_completions
+from geor_core.sampled_reward import greedy_metrics, load_policy, sampled_reward, single_torch_thread
 from tasks.grpo import run_grpo
 
 # The learning run: 4 prompts x G = 4 per step, a learning rate the tiny model moves at in 100
@@ -46,22 +42,8 @@ LEARNING = [
     "grpo.seed=0",
 ]
 SAMPLES_PER_ROW = 8
-SAMPLING_SEED = 1234
 MIN_HELD_OUT_GAIN = 0.03  # mean combined reward (0..1) of sampled completions on val + test
 MIN_TRAIN_LOG_GAIN = 0.02  # TRL's train reward: last logging window minus the first full one
-
-
-@contextmanager
-def single_torch_thread() -> Iterator[None]:
-    """Generation on one thread: on a loaded 2-core machine two OpenMP threads run 30x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def held_out_rows(data_uri: str) -> pa.Table:
@@ -71,39 +53,11 @@ def held_out_rows(data_uri: str) -> pa.Table:
 
 def policy_scores(model_uri: str, rows: pa.Table, cfg: GeorConfig) -> dict[str, Any]:
     """Sampled mean combined reward (and its parts) and greedy metrics of the model at ``model_uri``."""
-    from geor_core.generation import generate
-    from geor_core.images import load_image
-    from geor_core.models import load_model, load_processor
-
-    model, processor = load_model(model_uri), load_processor(model_uri)
-    model.eval()
-    images = [load_image(uri) for uri in rows.column("image").to_pylist()]
-    truth = {name: rows.column(name).to_pylist() for name in ("lat", "lon", "country_code", "state", "city")}
-    max_new = cfg.grpo.max_completion_length
+    model, processor = load_policy(model_uri, cfg)
     with single_torch_thread():
-        sampled = [
-            text
-            for draw in range(SAMPLES_PER_ROW)
-            for text in generate(
-                model, processor, images, max_new_tokens=max_new, do_sample=True,
-                temperature=cfg.grpo.temperature, top_p=cfg.grpo.top_p, seed=SAMPLING_SEED + draw,
-            )
-        ]  # fmt: skip
-        greedy = generate(model, processor, images, max_new_tokens=max_new)
-    repeated = {name: values * SAMPLES_PER_ROW for name, values in truth.items()}
-    scores = score_completions(
-        sampled, repeated["lat"], repeated["lon"], repeated["country_code"], repeated["state"],
-        repeated["city"], cfg.reward,
-    )  # fmt: skip
-    parsed = parse_many(greedy)
-    greedy_metrics = compute_metrics(
-        parsed.lat, parsed.lon, truth["lat"], truth["lon"], format_ok=parsed.format_ok,
-        pred_country=parsed.country, pred_state=parsed.state, pred_city=parsed.city,
-        truth_country_code=truth["country_code"], truth_state=truth["state"], truth_city=truth["city"],
-    )  # fmt: skip
-    sampled_means = {name: float(np.mean(scores[name])) for name in ("combined", "format", "parse_failed")}
-    sampled_means["median_km"] = float(np.nanmedian(scores["distance_km"]))
-    return {"sampled": sampled_means, "greedy": greedy_metrics}
+        sampled = sampled_reward(model, processor, rows, cfg, SAMPLES_PER_ROW)
+        greedy = greedy_metrics(model, processor, rows, cfg)
+    return {"sampled": sampled.summary(), "greedy": greedy}
 
 
 def train_reward_windows(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:

@@ -14,7 +14,9 @@ import pytest
 
 from flows.cli import main
 from geor_core import uris
+from geor_core.evaluation_report import COMPARISON_COLUMNS
 from geor_core.geo import EARTH_RADIUS_KM, haversine_km
+from geor_core.scoring import METRIC_COLUMNS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IM2GPS3K = FIXTURES / "im2gps3k.csv"
@@ -245,6 +247,31 @@ def test_printed_table_shows_every_threshold_with_two_decimals(capsys):
     for threshold in (1, 25, 200, 750, 2500):
         assert f"acc_{threshold}km (%)" in table
     assert "100.00" in table and "missing_lat" in table
+
+
+def test_score_table_and_evaluate_comparison_show_the_same_metrics_in_one_order(capsys, tmp_path):
+    truth = write_csv(tmp_path / "truth.csv", [{"id": "p", "lat": 48.8534, "lon": 2.3488}])
+    completion = (
+        "<answer>Country: France; State: Île-de-France; City: Paris; Coordinates: (48.85, 2.35)</answer>"
+    )
+    write_csv(tmp_path / "pred.csv", [{"id": "p", "completion": completion}])
+    argv = [
+        "score",
+        "--predictions",
+        str(tmp_path / "pred.csv"),
+        "--truth",
+        str(truth),
+        "--text-col",
+        "completion",
+    ]
+    assert main(argv) == 0
+    names = [
+        line.split()[0] for line in capsys.readouterr().out.splitlines() if line and not line.startswith(" ")
+    ]
+    shown = [name for name in names if name in METRIC_COLUMNS]
+    assert shown == list(METRIC_COLUMNS)  # every metric computed in text mode, in the shared order
+    start = COMPARISON_COLUMNS.index(METRIC_COLUMNS[0])
+    assert COMPARISON_COLUMNS[start : start + len(METRIC_COLUMNS)] == METRIC_COLUMNS
 
 
 def test_numeric_predictions_with_name_columns_get_level_rates(capsys, tmp_path):
