@@ -65,16 +65,22 @@ def _not_found(exc: Exception) -> bool:
     return "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or "not found" in str(exc).lower()
 
 
-def registered_tags(mlflow_client: Any, name: str) -> dict[str, str] | None:
-    """The registered model's tags, or None when no model of that name is registered."""
+def _registered_model(mlflow_client: Any, name: str) -> Any:
+    """The registered model (tags, aliases), or None when no model of that name is registered."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return dict(mlflow_client.get_registered_model(name).tags or {})
+        return mlflow_client.get_registered_model(name)
     except MlflowException as exc:
         if _not_found(exc):
             return None
         raise
+
+
+def registered_tags(mlflow_client: Any, name: str) -> dict[str, str] | None:
+    """The registered model's tags, or None when no model of that name is registered."""
+    model = _registered_model(mlflow_client, name)
+    return None if model is None else dict(model.tags or {})
 
 
 def champion(mlflow_client: Any, name: str) -> Version | None:
@@ -90,9 +96,14 @@ def champion(mlflow_client: Any, name: str) -> Version | None:
 
 
 def versions(mlflow_client: Any, name: str) -> list[Version]:
-    """Every version of ``name``, newest first (empty when nothing is registered)."""
-    found = mlflow_client.search_model_versions(f"name = '{name}'")
-    return sorted((_version(mv) for mv in found), key=lambda v: int(v.version), reverse=True)
+    """Every version of ``name``, newest first, with its aliases (empty when nothing is registered)."""
+    found = [_version(mv) for mv in mlflow_client.search_model_versions(f"name = '{name}'")]
+    model = _registered_model(mlflow_client, name) if found else None
+    for alias, version in dict(getattr(model, "aliases", None) or {}).items():
+        for listed in found:  # search results carry no aliases: the registered model has them all
+            if listed.version == str(version) and alias not in listed.aliases:
+                listed.aliases.append(alias)
+    return sorted(found, key=lambda v: int(v.version), reverse=True)
 
 
 def get_version(mlflow_client: Any, name: str, version: str) -> Version:
@@ -149,3 +160,57 @@ def previous_champion(mlflow_client: Any, name: str) -> str:
             f"model {name!r}: version {current.version} has no earlier champion to roll back to"
         )
     return stack[-2]
+
+
+def connect(tracking_uri: str, command: str) -> Any:
+    """The registry client for ``command`` on ``tracking_uri``: a one-line error when no server is
+    configured or it does not answer (MLflow's own retries would stall for minutes)."""
+    from geor_core.tracking import TRACKING_URI_ENV, _require_reachable
+
+    if not tracking_uri:
+        raise UserFacingError(
+            f"{command} needs MLflow: set tracking.uri or {TRACKING_URI_ENV} (`make demo` starts one)"
+        )
+    _require_reachable(tracking_uri)
+    return client(tracking_uri)
+
+
+def require_registered(mlflow_client: Any, name: str) -> dict[str, str]:
+    """The registered model's tags; an error naming the model when nothing of that name is registered."""
+    tags = registered_tags(mlflow_client, name)
+    if tags is None:
+        raise UserFacingError(
+            f"no model named {name!r} is registered on {mlflow_client.tracking_uri} "
+            "(`geor pipeline` registers one; registry.model_name picks another)"
+        )
+    return tags
+
+
+@dataclass
+class ChampionMove:
+    """A move of the ``champion`` alias that a person asked for: a promotion or a rollback."""
+
+    model_name: str
+    from_version: str | None  # the champion before the move (None: there was none)
+    to_version: str
+    reason: str
+    rollback: bool = False
+
+
+def promotion_move(mlflow_client: Any, name: str, version: str, reason: str) -> ChampionMove:
+    """The move that makes ``version`` (``3`` or ``v3``) the champion; an error when that version
+    does not exist or already is the champion."""
+    target = get_version(mlflow_client, name, version.removeprefix("v"))
+    current = champion(mlflow_client, name)
+    if current is not None and current.version == target.version:
+        raise UserFacingError(f"model {name!r}: version {target.version} is already the champion")
+    return ChampionMove(name, current.version if current else None, target.version, reason)
+
+
+def rollback_move(mlflow_client: Any, name: str, reason: str) -> ChampionMove:
+    """The move back to the previous champion; an error when there is no champion, no earlier
+    one, or the earlier one has been deleted from the registry."""
+    target = previous_champion(mlflow_client, name)
+    current = champion(mlflow_client, name)
+    get_version(mlflow_client, name, target)
+    return ChampionMove(name, current.version if current else None, target, reason, rollback=True)

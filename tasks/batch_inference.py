@@ -39,6 +39,7 @@ from geor_core import shards  # noqa: E402
 from geor_core.config import EvalConfig, GeorConfig, ModelConfig  # noqa: E402
 from geor_core.errors import UserFacingError  # noqa: E402
 from geor_core.prompts import INSTRUCTION  # noqa: E402
+from geor_core.tracking import tracking_env  # noqa: E402
 from tasks.ray_session import connect_ray  # noqa: E402
 
 MAX_BATCHES_PER_BLOCK = 8
@@ -229,7 +230,9 @@ def _infer(
 
     settings = cfg.eval
     dataset = ray.data.from_arrow(_input_blocks(rows, pending, settings))
-    gpu = {"num_gpus": settings.gpus_per_actor} if settings.gpus_per_actor else {}
+    remote_args: dict[str, Any] = {"num_gpus": settings.gpus_per_actor} if settings.gpus_per_actor else {}
+    if model.name_or_path.startswith("models:/"):  # the actors download it: they need the registry
+        remote_args["runtime_env"] = {"env_vars": tracking_env(cfg)}
     dataset = dataset.map_batches(
         Geolocator,
         fn_constructor_kwargs={"model": model, "settings": settings},
@@ -237,7 +240,7 @@ def _infer(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=settings.num_actors),
         num_cpus=settings.cpus_per_actor,
-        **gpu,
+        **remote_args,
     )
     by_index = {shard.index: shard for shard in pending}
     completions = {i: np.full(s.rows, None, dtype=object) for i, s in by_index.items()}

@@ -235,7 +235,9 @@ def _sampled_reward(
     import ray
 
     connect_ray()  # the caller's ray_scope shuts down a session started here
-    resources = {"num_cpus": settings.cpus_per_actor, "num_gpus": settings.gpus_per_actor}
+    resources: dict[str, Any] = {"num_cpus": settings.cpus_per_actor, "num_gpus": settings.gpus_per_actor}
+    if source.startswith("models:/"):  # the task downloads it: it needs the registry
+        resources["runtime_env"] = {"env_vars": tracking.tracking_env(cfg)}
     task = ray.remote(_score_sampled).options(**resources)
     sampled = ray.get(task.remote(cfg, replace(cfg.model, name_or_path=source), subset))
     uris.write_text(uri, json.dumps({"fingerprint": key, "sampled": sampled}, indent=2) + "\n")

@@ -41,8 +41,11 @@ def worker_env(tracking: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run_config(stage: TrainingConfig, output_uri: str, name: str, *, metric: str, mode: str) -> Any:
-    """Storage under ``<output>/ray`` (local or s3), the retry budget and checkpoint retention."""
+def run_config(
+    stage: TrainingConfig, output_uri: str, name: str, *, metric: str, mode: str, callbacks: list | None = None
+) -> Any:
+    """Storage under ``<output>/ray`` (local or s3), the retry budget, checkpoint retention and
+    extra Ray Train callbacks (a sweep trial's Tune reporter)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     fs, path = uris.pyarrow_filesystem(uris.join(output_uri, "ray"))
@@ -56,6 +59,7 @@ def run_config(stage: TrainingConfig, output_uri: str, name: str, *, metric: str
         checkpoint_config=CheckpointConfig(
             num_to_keep=stage.save_total_limit, checkpoint_score_attribute=metric, checkpoint_score_order=mode
         ),
+        callbacks=callbacks,
     )
 
 
@@ -134,9 +138,11 @@ def launch_training(
     metric: str,
     mode: str,
     overwrite: bool = False,
+    callbacks: list | None = None,
 ) -> TrainingResult:
     """Run ``worker_loop`` on a Ray Train TorchTrainer for ``stage`` ("sft" or "grpo"), inside the
-    stage's MLflow run; skip when ``<output>/model`` is complete; resume when checkpoints exist."""
+    stage's MLflow run; skip when ``<output>/model`` is complete; resume when checkpoints exist.
+    ``callbacks``: extra Ray Train callbacks for the RunConfig (a sweep trial's Tune reporter)."""
     export_uri = uris.join(output_uri, MODEL_DIR)
     if overwrite:
         uris.remove_tree(output_uri)
@@ -168,7 +174,7 @@ def launch_training(
             train_loop_per_worker=worker_loop,
             train_loop_config=loop_config,
             scaling_config=scaling_config(settings),
-            run_config=run_config(settings, output_uri, stage, metric=metric, mode=mode),
+            run_config=run_config(settings, output_uri, stage, metric=metric, mode=mode, callbacks=callbacks),
         )
         result = trainer.fit()
         marker = uris.read_marker(export_uri) or {}
