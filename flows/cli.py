@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "flows.pipeline",
         "the whole workflow: prepare, SFT, mine hard, GRPO, evaluate, register with the champion gate",
     ),
+    "retrain": ("flows.retrain", "retrain the champion on new photos; promote only through the champion gate"),
     "models": ("flows.models", "the model registry: list versions with scores and lineage, promote, roll back"),
 }
 

@@ -259,6 +259,17 @@ class RegistryConfig:
 
 
 @dataclass
+class RetrainConfig:
+    """`geor retrain`: new photos in, a challenger trained from the champion, the gate decides."""
+
+    min_new_rows: int = _range(1, 1, doc="fewer new manifest rows than this: nothing to do")
+    sft: bool = False  # also fine-tune the champion on the new rows before GRPO
+    lock: str = ""  # the lock's URI; default <storage.root>/retrain.lock
+    lock_ttl_s: float = _range(120.0, 3.0, doc="a lock not renewed this long belongs to a dead retrain")
+    challenger: str = ""  # gate this model instead of training one (a model trained elsewhere)
+
+
+@dataclass
 class GeorConfig:
     """The whole workflow's configuration."""
 
@@ -273,6 +284,7 @@ class GeorConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
