@@ -29,12 +29,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("flows.evaluate", "batch inference on Ray Data: metrics, reasoning, plots, comparison"),
     "predict": ("flows.predict", "geolocate photos without truth: CoR text and coordinates as Parquet + CSV"),
     "mine-hard": ("flows.mine_hard", "keep the training rows predicted beyond a radius (GRPO hard samples)"),
+    "sweep": ("flows.sweep", "hyper-parameter sweeps of GRPO on Ray Tune, trials judged on validation"),
     "pipeline": (
         "flows.pipeline",
         "the whole workflow: prepare, SFT, mine hard, GRPO, evaluate, register with the champion gate",
     ),
-    "retrain": ("flows.retrain", "retrain the champion on new photos; promote only through the champion gate"),
-    "models": ("flows.models", "the model registry: list versions with scores and lineage, promote, roll back"),
+    "demo": (
+        "flows.demo",
+        "the whole pipeline on the tiny model and synthetic world, with a local MLflow server",
+    ),
+    "retrain": (
+        "flows.retrain",
+        "retrain the champion on new photos; promote only through the champion gate",
+    ),
+    "models": (
+        "flows.models",
+        "the model registry: list versions with scores and lineage, promote, roll back",
+    ),
 }
 
 

@@ -42,7 +42,13 @@ def worker_env(tracking: dict[str, str]) -> dict[str, str]:
 
 
 def run_config(
-    stage: TrainingConfig, output_uri: str, name: str, *, metric: str, mode: str, callbacks: list | None = None
+    stage: TrainingConfig,
+    output_uri: str,
+    name: str,
+    *,
+    metric: str,
+    mode: str,
+    callbacks: list | None = None,
 ) -> Any:
     """Storage under ``<output>/ray`` (local or s3), the retry budget, checkpoint retention and
     extra Ray Train callbacks (a sweep trial's Tune reporter)."""
