@@ -125,9 +125,8 @@ class PipelineRun:
         return self.outcomes[stage].outputs[name]
 
     # ---- checks before anything runs ----
-    def preflight(self) -> None:
-        from tasks.training_run import check_model_source, check_resources
-
+    def check_upstream(self) -> None:
+        """Stages left out by --only must have left complete outputs for the selected ones."""
         for stage in STAGES[: STAGES.index(self.selected[0])] if self.selected else ():
             record = read_record(self.root, stage)
             if record is None or record.status != COMPLETE:
@@ -135,6 +134,11 @@ class PipelineRun:
                     f"stage {self.selected[0]!r} needs {stage!r}'s output, but {self.root} has no complete "
                     f"{stage} (run `geor pipeline` without --only, or with --only {stage} first)"
                 )
+
+    def preflight(self) -> None:
+        """The inputs and the cluster: a clear error now rather than in stage k."""
+        from tasks.training_run import check_model_source, check_resources
+
         if "prepare" in self.selected:
             self._manifest_files()
         if {"sft", "evaluate"} & set(self.selected):
@@ -148,6 +152,7 @@ class PipelineRun:
     def run(self) -> PipelineResult:
         from tasks.ray_session import connect_ray
 
+        self.check_upstream()
         os.environ.setdefault(CODE_VERSION_ENV, code_version())
         started_ray = connect_ray()
         try:
