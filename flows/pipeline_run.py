@@ -282,7 +282,6 @@ class PipelineRun:
         }
 
     def evaluate(self, *, overwrite: bool) -> dict[str, Any]:
-        from geor_core.evaluation_report import COMPARISON_COLUMNS, markdown_table
         from tasks.evaluate import run_evaluate
 
         output = self.output_dir("evaluate")
@@ -294,7 +293,6 @@ class PipelineRun:
             f"grpo={self.out('grpo', 'output')}",
         ]
         result = run_evaluate(self.cfg, self.out("prepare", "output"), models, output)
-        _log("comparison (greedy):\n" + markdown_table(result.comparison, COMPARISON_COLUMNS))
         final = next(e for e in result.models if e.label == "grpo")
         return {"output": output, "comparison": result.comparison, "final_metrics": final.report.metrics}
 
