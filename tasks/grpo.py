@@ -21,9 +21,16 @@ from tasks.training_worker import finish_worker, setup_worker
 
 
 def run_grpo(
-    cfg: GeorConfig, data_uri: str, model_uri: str, output_uri: str, *, overwrite: bool = False
+    cfg: GeorConfig,
+    data_uri: str,
+    model_uri: str,
+    output_uri: str,
+    *,
+    overwrite: bool = False,
+    callbacks: list | None = None,
 ) -> TrainingResult:
-    """Optimise ``model_uri`` with GRPO on the prepared rows at ``data_uri``; export to ``<output_uri>/model``."""
+    """Optimise ``model_uri`` with GRPO on the prepared rows at ``data_uri``; export to
+    ``<output_uri>/model``. ``callbacks``: extra Ray Train callbacks (a sweep trial's reporter)."""
     return launch_training(
         cfg,
         "grpo",
@@ -34,6 +41,7 @@ def run_grpo(
         metric="eval_reward",
         mode="max",
         overwrite=overwrite,
+        callbacks=callbacks,
     )
 
 

@@ -1,5 +1,5 @@
 """One trial of `geor sweep`: a Ray Tune function trainable that runs a short GRPO training (the
-same TorchTrainer as `geor grpo`, tasks/training_run.launch_training) and reports its validation
+same TorchTrainer as `geor grpo`: tasks/grpo.run_grpo) and reports its validation
 objective to Tune through Ray Train V2's callback.
 
 - Train V2 has no ``Tuner(trainer)``: the trial is a plain function that launches the trainer, and
@@ -31,7 +31,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from geor_core import uris
 from geor_core.sweep_space import trial_config, validation_metrics
 from geor_core.tracking import parent_run, tracking_uri
-from tasks.training_run import launch_training
 
 TRIAL_RECORD = "trial.json"
 
@@ -101,7 +100,7 @@ def grpo_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     """The Tune trainable: ``params`` (dotted keys from the space) on top of the sweep's config."""
     from ray import tune
 
-    from tasks.grpo import grpo_worker_loop
+    from tasks.grpo import run_grpo
 
     os.environ.update(setup.env)
     trial_id = tune.get_context().get_trial_id()
@@ -126,17 +125,7 @@ def grpo_trial(params: dict[str, Any], setup: TrialSetup) -> None:
             record["run_id"] = run_id
             _write_record(record)
             reporter = ObjectiveReporter(setup.objective, run_id, tracking_uri(cfg))
-            result = launch_training(
-                cfg,
-                "grpo",
-                grpo_worker_loop,
-                setup.data_uri,
-                setup.model_uri,
-                output,
-                metric="eval_reward",
-                mode="max",
-                callbacks=[reporter],
-            )
+            result = run_grpo(cfg, setup.data_uri, setup.model_uri, output, callbacks=[reporter])
             if result.skipped:
                 tune.report({**validation_metrics(result.metrics), "step": result.global_step})
     except Exception as exc:
