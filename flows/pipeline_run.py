@@ -127,13 +127,16 @@ class PipelineRun:
     # ---- checks before anything runs ----
     def check_upstream(self) -> None:
         """Stages left out by --only must have left complete outputs for the selected ones."""
-        for stage in STAGES[: STAGES.index(self.selected[0])] if self.selected else ():
-            record = read_record(self.root, stage)
-            if record is None or record.status != COMPLETE:
-                raise UserFacingError(
-                    f"stage {self.selected[0]!r} needs {stage!r}'s output, but {self.root} has no complete "
-                    f"{stage} (run `geor pipeline` without --only, or with --only {stage} first)"
-                )
+        for stage in self.selected:
+            for needed in UPSTREAM[stage]:
+                if needed in self.selected:
+                    continue
+                record = read_record(self.root, needed)
+                if record is None or record.status != COMPLETE:
+                    raise UserFacingError(
+                        f"stage {stage!r} needs {needed!r}'s output, but {self.root} has no complete "
+                        f"{needed} (run `geor pipeline` without --only, or add {needed} to --only)"
+                    )
 
     def preflight(self) -> None:
         """The inputs and the cluster: a clear error now rather than in stage k."""

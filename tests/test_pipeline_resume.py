@@ -97,5 +97,9 @@ def test_from_and_only(recorder, tmp_path):
     assert recorder.ran() == [("evaluate", True), ("register", True)]
     statuses = run(recorder, tmp_path, "grpo.beta=0.0", only=["grpo"])
     assert recorder.ran() == [("grpo", True)] and statuses["grpo"] == "ran" and "evaluate" in statuses
+    (Path(recorder.root) / "pipeline" / "grpo.json").unlink()
+    with pytest.raises(UserFacingError, match="'evaluate' needs 'grpo'"):
+        run(recorder, tmp_path, only=["sft", "evaluate"])  # a gap in --only is caught up front
+    assert recorder.ran() == []
     with pytest.raises(UserFacingError, match="unknown stage"):
         run(recorder, tmp_path, only=["nowhere"])
