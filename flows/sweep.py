@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from flows.config_args import add_config_arguments, config_from_args, local_paths_absolute
 from geor_core.config import GeorConfig
 from geor_core.errors import UserFacingError
-from geor_core.sweep_space import Dimension, SearchSpace
+from geor_core.sweep_space import OBJECTIVES, Dimension, SearchSpace
 
 if TYPE_CHECKING:
     from tasks.sweep import SweepResult
@@ -224,7 +224,7 @@ def format_table(result: SweepResult, space: SearchSpace) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
         for row in rows
     ]
-    note = f"{result.objective}: sampled validation (grpo.val_rows rows x grpo.num_generations); * best"
+    note = f"{result.objective}: {OBJECTIVES[result.objective].doc}, on grpo.val_rows val rows; * best"
     return "\n".join([*lines, note])
 
 

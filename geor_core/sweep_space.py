@@ -54,12 +54,15 @@ class Objective:
     doc: str
 
 
-# TRL's evaluation on the fixed val subset (grpo.val_rows rows) SAMPLES grpo.num_generations
-# completions per row at grpo.temperature / top_p, like training; every value is a mean over them.
+# On the fixed val subset (grpo.val_rows rows): `val_geoscore` and `val_greedy_*` are greedy
+# completions (geor_core/greedy_validation.py, what a shipped model answers); the others are TRL's own
+# evaluation, which SAMPLES grpo.num_generations completions per row at grpo.temperature / top_p.
 OBJECTIVES = {
     objective.name: objective
     for objective in (
-        Objective("val_geoscore", "eval_rewards/geoscore/mean", "max", "GeoScore 5000 exp(-d/1492.7 km), 0 if missing"),
+        Objective("val_geoscore", "eval_greedy/geoscore", "max", "greedy GeoScore 5000 exp(-d/1492.7 km), 0 if missing"),
+        Objective("val_greedy_acc_200km", "eval_greedy/acc_200km", "max", "greedy: percent within 200 km"),
+        Objective("val_sampled_geoscore", "eval_rewards/geoscore/mean", "max", "GeoScore of TRL's sampled eval completions"),
         Objective("val_reward", "eval_reward", "max", "the combined reward GRPO optimises (reward.mode)"),
         Objective("val_acc_25km", "eval_rewards/acc_25km/mean", "max", "share within 25 km"),
         Objective("val_acc_200km", "eval_rewards/acc_200km/mean", "max", "share within 200 km"),

@@ -49,6 +49,7 @@ def grpo_worker_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: its reward actors, the GRPOTrainer, resume, train, export."""
     from ray.train.huggingface.transformers import prepare_trainer
 
+    from geor_core.greedy_validation import GreedyValidationCallback
     from geor_core.grpo_setup import GRPO_COLUMNS, build_grpo_trainer
     from tasks.reward_actors import RewardActorPool
 
@@ -65,7 +66,7 @@ def grpo_worker_loop(config: dict[str, Any]) -> None:
         val,
         str(setup.scratch / "trainer"),
         pool.score,
-        setup.callbacks,
+        [*setup.callbacks, GreedyValidationCallback(val, cfg, config["run_id"])],
     )
     try:
         finish_worker(

@@ -51,6 +51,10 @@ def test_two_workers_update_every_parameter_and_log_every_component(
     } <= logged
     assert "eval_rewards/acc_750km/mean" in logged
     assert marker["reward_pool"]["completions"] > 0
+    # greedy validation: both ranks generated their share of the val rows, sums all-reduced
+    greedy = [entry for entry in marker["log_history"] if "eval_greedy/geoscore" in entry]
+    assert greedy and all(entry["eval_greedy/n"] == cfg.grpo.val_rows for entry in greedy), greedy
+    assert greedy[-1]["eval_greedy/geoscore"] > 1000 and greedy[-1]["eval_greedy/format_rate"] > 50
 
     from mlflow import MlflowClient
 
@@ -60,6 +64,7 @@ def test_two_workers_update_every_parameter_and_log_every_component(
         f"tags.`geor.export_uri` = '{result.export_uri}'",
     )
     assert len(runs) == 1 and "rewards/distance/mean" in runs[0].data.metrics
+    assert "eval_greedy/geoscore" in runs[0].data.metrics
 
 
 def test_killed_worker_resumes_and_beta_zero_loads_no_reference_model(

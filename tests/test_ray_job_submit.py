@@ -120,7 +120,7 @@ def head_node() -> Iterator[Head]:
         # the head and everything it started share a new process group: stop exactly those
         os.killpg(process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=15)
+            process.wait(timeout=5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -119,12 +119,12 @@ def test_four_trials_run_two_at_a_time_and_asha_stops_the_bad_arms(finished_swee
     assert all(t["started_at"] >= min(g["ended_at"] for g in good) for t in bad)
 
     # Good arms validated every step to the end (they differ only in beta, which at lr 1e-5 moves
-    # no sampled token in 3 steps: their validations tie, and ASHA stops no tie). The bad arms,
+    # no greedy token in 3 steps: their validations tie, and ASHA stops no tie). The bad arms,
     # compared at ASHA's first rung with the good arms already recorded there, were stopped after
     # their first validation (their GRPO never finished).
     for t in good:
         assert (t["status"], t["validations"], t["step"]) == ("finished", 3, 3)
-        assert t["value"] > 1000.0  # mean GeoScore of the sampled val completions (0..5000)
+        assert t["value"] > 1000.0  # mean GeoScore of the greedy val completions (0..5000)
     for t in bad:
         assert (t["status"], t["validations"], t["step"]) == ("stopped", 1, 1), t
         assert t["value"] < min(g["value"] for g in good)

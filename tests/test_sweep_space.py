@@ -131,10 +131,13 @@ def test_a_trial_config_sets_dotted_params_and_rejects_bad_combinations(base):
 
 def test_the_objective_is_named_and_its_direction_checked(base):
     assert objective_of(base.sweep) is OBJECTIVES["val_geoscore"]
-    assert OBJECTIVES["val_geoscore"].eval_key == "eval_rewards/geoscore/mean"
+    assert OBJECTIVES["val_geoscore"].eval_key == "eval_greedy/geoscore"  # greedy by default
     sweep = load_config("test", ["sweep.metric=val_parse_failed", "sweep.mode=min"]).sweep
     assert objective_of(sweep).eval_key == "eval_rewards/parse_failed/mean"
-    with pytest.raises(ConfigError, match=r"sweep.metric: got 'geoscore', allowed: val_geoscore, val_reward"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sweep.metric: got 'geoscore', allowed: val_geoscore, val_greedy_acc_200km, val_sampled_geoscore, val_reward",
+    ):
         objective_of(load_config("test", ["sweep.metric=geoscore"]).sweep)
     with pytest.raises(ConfigError, match=r"better when lower \(set sweep.mode=min\)"):
         objective_of(load_config("test", ["sweep.metric=val_parse_failed"]).sweep)
@@ -142,11 +145,17 @@ def test_the_objective_is_named_and_its_direction_checked(base):
 
 def test_validation_metrics_read_grpo_eval_logs_only():
     logged = {
-        "eval_rewards/geoscore/mean": 3210.5,
+        "eval_greedy/geoscore": 3210.5,
+        "eval_rewards/geoscore/mean": 2900.0,
         "eval_reward": 0.61,
         "eval_rewards/acc_750km/mean": 1.0,
         "rewards/geoscore/mean": 999.0,  # the training batch's, sampled: not a validation
         "step": 4,
     }
-    assert validation_metrics(logged) == {"val_geoscore": 3210.5, "val_reward": 0.61, "val_acc_750km": 1.0}
+    assert validation_metrics(logged) == {
+        "val_geoscore": 3210.5,
+        "val_sampled_geoscore": 2900.0,
+        "val_reward": 0.61,
+        "val_acc_750km": 1.0,
+    }
     assert validation_metrics({"global_step": 4}) == {}
