@@ -15,9 +15,9 @@ import json
 import sys
 
 from flows.config_args import add_config_arguments, config_from_args, local_paths_absolute
+from flows.pipeline_run import STAGES, run_pipeline
 
 FLAG_KEYS = {"manifest": "prepare.manifest", "model": "model.name_or_path", "output": "storage.root"}
-STAGE_NAMES = ("prepare", "sft", "mine-hard", "grpo", "evaluate", "register")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,18 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="the base model: local dir, s3://, hub id or models:/NAME@ALIAS")
     parser.add_argument("--output", help="root of every stage's output, local or s3:// (storage.root)")
     parser.add_argument(
-        "--from", dest="from_stage", choices=STAGE_NAMES, help="re-run this stage and the later ones"
+        "--from", dest="from_stage", choices=STAGES, help="re-run this stage and the later ones"
     )
     parser.add_argument(
         "--only",
-        help=f"run just these stages (comma-separated: {','.join(STAGE_NAMES)}); inputs from earlier runs",
+        help=f"run just these stages (comma-separated: {','.join(STAGES)}); inputs from earlier runs",
     )
     add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, FLAG_KEYS)
-    from flows.pipeline_run import run_pipeline
     from geor_core.evaluation_report import COMPARISON_COLUMNS, markdown_table
     from geor_core.tracking import tracking_uri
 

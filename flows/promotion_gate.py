@@ -23,7 +23,6 @@ from typing import Any
 
 from geor_core import registry, uris
 from geor_core.config import GeorConfig
-from geor_core.errors import UserFacingError
 from geor_core.lineage import data_fingerprint
 from geor_core.promotion import GateDecision, decide
 from geor_core.stage_state import stage_key
@@ -137,12 +136,7 @@ def gate_and_register(
 ) -> GateOutcome:
     """Score the candidate (reusing ``candidate_metrics`` when they were computed on the benchmark's
     test split with these settings), register it, and promote it when it passes the gate."""
-    uri = tracking_uri(cfg)
-    if not uri:
-        raise UserFacingError(
-            "registering a model needs MLflow: set tracking.uri or MLFLOW_TRACKING_URI (`make demo` starts one)"
-        )
-    client = registry.client(uri)
+    client = registry.connect(tracking_uri(cfg), "registering a model")
     name = cfg.registry.model_name
     benchmark = resolve_benchmark(cfg, client, default_benchmark)
     settings = scorecard_settings(cfg, benchmark)

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from flows.promotion_gate import GateOutcome, gate_and_register
 from geor_core import registry, uris
@@ -51,17 +50,14 @@ def lock_uri(cfg: GeorConfig) -> str:
     return cfg.retrain.lock or uris.join(cfg.storage.root, "retrain.lock")
 
 
-def _champion(cfg: GeorConfig) -> tuple[Any, registry.Version]:
-    uri = tracking_uri(cfg)
-    if not uri:
-        raise UserFacingError("retraining needs the MLflow registry: set tracking.uri or MLFLOW_TRACKING_URI")
-    client = registry.client(uri)
+def _champion(cfg: GeorConfig) -> registry.Version:
+    client = registry.connect(tracking_uri(cfg), "`geor retrain`")
     champion = registry.champion(client, cfg.registry.model_name)
     if champion is None:
         raise UserFacingError(
             f"model {cfg.registry.model_name!r} has no champion to retrain: run `geor pipeline` first"
         )
-    return client, champion
+    return champion
 
 
 def _training_data(champion: registry.Version) -> list[str]:
@@ -79,7 +75,7 @@ def _training_data(champion: registry.Version) -> list[str]:
 
 def run_retrain(cfg: GeorConfig, manifest: str) -> RetrainResult:
     """Retrain on the new rows of ``manifest`` if there are enough (see the module docstring)."""
-    _, champion = _champion(cfg)  # fail before taking the lock when there is nothing to retrain
+    champion = _champion(cfg)  # fail before taking the lock when there is nothing to retrain
     with RunLock(lock_uri(cfg), ttl_s=cfg.retrain.lock_ttl_s) as lock:
         _log(f"holding {lock_uri(cfg)}; champion is {cfg.registry.model_name} v{champion.version}")
         with parent_run(
