@@ -88,6 +88,7 @@ def single_process_child(
     started = time.monotonic()
     import torch
 
+    from geor_core.config import ModelConfig
     from geor_core.dataset import read_prepared
     from geor_core.generation import generate
     from geor_core.images import load_image
@@ -96,11 +97,12 @@ def single_process_child(
 
     torch.set_num_threads(threads)
     rows = read_prepared(prepared, columns=["image"]).column("image").to_pylist()
-    model, processor = load_model(model_dir, device="cpu"), load_processor(model_dir)
+    model_config = ModelConfig(name_or_path=model_dir)
+    model, processor = load_model(model_config, device="cpu"), load_processor(model_config)
     loaded = time.monotonic()
     parsed = 0
     for start in range(0, len(rows), batch_size):
-        images = [load_image(uri) for uri in rows[start : start + batch_size]]
+        images = [load_image(uri, model_config) for uri in rows[start : start + batch_size]]
         texts = generate(model, processor, images, max_new_tokens=max_new_tokens)
         parsed += len(parse_many(texts).error)
     assert parsed == len(rows)

@@ -130,7 +130,14 @@ def single_process(manifest: str, output: str) -> dict:
     from geor_core.cor_rows import RowRules, row_ids
     from geor_core.dataset import DATA_DIR, REJECTS_DIR, output_stats
     from geor_core.dedupe import candidate_rows, duplicate_rows, hash_ids
-    from geor_core.manifest import iter_batches, list_manifest_files, manifest_fingerprint, resolve_columns
+    from geor_core.image_refs import reference_rule
+    from geor_core.manifest import (
+        iter_batches,
+        list_manifest_files,
+        manifest_fingerprint,
+        manifest_folder,
+        resolve_columns,
+    )
     from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block
 
     started = time.monotonic()
@@ -162,7 +169,14 @@ def single_process(manifest: str, output: str) -> dict:
         prepare.seed, tuple(prepare.splits.items()), frozenset(), False, manifest_fingerprint(files)
     )
     job = PrepareJob(
-        files=tuple(FileContext(f.uri, roles[f.index], f.folder) for f in files),
+        files=tuple(
+            FileContext(
+                f.uri,
+                roles[f.index],
+                reference_rule(prepare.allowed_schemes, f.folder, [manifest_folder(manifest)]),
+            )
+            for f in files
+        ),
         rules=rules,
         rejects_uri=uris.join(output, REJECTS_DIR),
         manifest_columns=("id", "image", "lat", "lon"),

@@ -6,7 +6,10 @@ as an operator sees it.
   champion and the version a rollback would return to underneath. ``--json`` prints all of it.
 - ``promote VERSION``: points the ``champion`` alias at VERSION ("manual promotion by <user>").
 - ``rollback``: points it back at the champion before the current one (the alias's history is
-  kept on the registered model, geor_core/registry.py).
+  kept as events on the versions, geor_core/registry.py).
+
+A move is refused, and nothing changes, when the champion moved between reading it and moving
+the alias (another promotion); moves take the registry lock (``registry.lock``).
 
 MLflow is ``tracking.uri``, else MLFLOW_TRACKING_URI. Each move is also logged as a small MLflow
 run (``models-promote`` / ``models-rollback``) tagged with the model, the versions it moved from
@@ -27,6 +30,7 @@ from geor_core import registry
 from geor_core.config import GeorConfig
 from geor_core.errors import UserFacingError
 from geor_core.tracking import stage_run, tracking_uri
+from geor_core.uris import redact_uri
 
 LIST_COLUMNS = (
     "version",
@@ -41,8 +45,6 @@ LIST_COLUMNS = (
     "lineage",
     "gate",
 )
-GATE_TAG = "geor.gate"
-PROMOTED_REASON_TAG = "geor.promoted_reason"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,7 +100,22 @@ def apply_move(cfg: GeorConfig, client: Any, move: registry.ChampionMove, user: 
         "geor.user": user,
     }
     with stage_run(cfg, stage, tags=tags) as run:
-        registry.set_champion(client, move.model_name, move.to_version, move.reason, rollback=move.rollback)
+        try:
+            registry.set_champion(
+                client,
+                move.model_name,
+                move.to_version,
+                move.reason,
+                rollback=move.rollback,
+                expected_champion=move.from_version,
+                lock_uri=registry.lock_uri(cfg),
+            )
+        except registry.ChampionChanged as exc:
+            raise UserFacingError(
+                f"model {move.model_name!r}: the champion changed from {registry.label(exc.expected)} to "
+                f"{registry.label(exc.found)} while this command ran (another promotion); nothing was moved: "
+                "check `geor models list` and run the command again"
+            ) from exc
     before = f"v{move.from_version}" if move.from_version else "none"
     logged = f" (MLflow run {run.info.run_id})" if run is not None else ""
     print(f"{move.model_name}: champion {before} -> v{move.to_version}: {move.reason}{logged}")
@@ -118,7 +135,7 @@ def list_versions(client: Any, name: str, *, as_json: bool) -> int:
     if as_json:
         summary = {
             "model": name,
-            "tracking_uri": client.tracking_uri,
+            "tracking_uri": redact_uri(client.tracking_uri),
             "champion": current.version if current else None,
             "rollback_to": rollback_to,
             "champion_history": registry.history(client, name),
@@ -126,12 +143,13 @@ def list_versions(client: Any, name: str, *, as_json: bool) -> int:
         }
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{name} on {client.tracking_uri}: {len(found)} version(s), newest first")
+    print(f"{name} on {redact_uri(client.tracking_uri)}: {len(found)} version(s), newest first")
     print(markdown_table([table_row(v) for v in found], LIST_COLUMNS), end="")
     if current is None:
         print("champion: none")
     else:
-        print(f"champion: v{current.version} ({current.tags.get(PROMOTED_REASON_TAG, 'no reason recorded')})")
+        reason = current.tags.get(registry.PROMOTED_REASON_TAG, "no reason recorded")
+        print(f"champion: v{current.version} ({reason})")
         print(
             f"rollback would return to: {'v' + rollback_to if rollback_to else 'nothing (no earlier champion)'}"
         )
@@ -150,8 +168,8 @@ def version_record(version: registry.Version) -> dict[str, Any]:
         "scorecard": version.scorecard,
         "benchmark": version.tags.get(registry.BENCHMARK_TAG),
         "lineage": version.lineage,
-        "gate": version.tags.get(GATE_TAG),
-        "promoted_reason": version.tags.get(PROMOTED_REASON_TAG),
+        "gate": version.tags.get(registry.GATE_TAG),
+        "promoted_reason": version.tags.get(registry.PROMOTED_REASON_TAG),
     }
 
 
@@ -168,7 +186,7 @@ def table_row(version: registry.Version) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(version.created)),
         "benchmark": short_uri(version.tags.get(registry.BENCHMARK_TAG, "")),
         "lineage": lineage_summary(lineage),
-        "gate": version.tags.get(GATE_TAG),
+        "gate": version.tags.get(registry.GATE_TAG),
     }
 
 

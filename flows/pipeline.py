@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, FLAG_KEYS)
     from geor_core.evaluation_report import COMPARISON_COLUMNS, markdown_table
     from geor_core.tracking import tracking_uri
+    from geor_core.uris import redact_uri
 
     root = str(local_paths_absolute("output", cfg.storage.root))
     # preset paths are relative to where the command runs; Ray workers run elsewhere
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         "root": root,
         "stages": {name: outcome.status for name, outcome in result.stages.items()},
         "parent_run_id": result.parent_run_id,
-        "mlflow": tracking_uri(cfg) or None,
+        "mlflow": redact_uri(tracking_uri(cfg)) or None,
     }
     if result.gate is not None:
         summary["registered"] = {

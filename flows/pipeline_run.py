@@ -2,10 +2,13 @@
 
 Choices:
 - Outputs live under one root (``storage.root``): ``prepared/ sft/ hard/ grpo/ eval/ gate/`` and
-  ``pipeline/<stage>.json`` records (geor_core/stage_state.py). A stage is skipped when its record
-  is complete, its key (its settings + its inputs' keys) is unchanged and its output is complete;
-  a stage that crashed with the same key resumes (training from its last checkpoint); a changed
-  key redoes the stage from scratch, and every later stage follows because their keys change.
+  ``pipeline/<stage>.json`` records (geor_core/stage_state.py). The root is claimed for the
+  pipeline and each stage's folder for its stage (geor_core/ownership.py): a folder geor did not
+  write is refused, and a stage deletes only its own entries in its own folder. A stage is
+  skipped when its record is complete, its key (its settings + its inputs' keys) is unchanged
+  and its output is complete; a stage that crashed with the same key resumes (training from its
+  last checkpoint); a changed key redoes the stage from scratch, and every later stage follows
+  because their keys change.
 - ``from_stage`` forces that stage and the later ones; ``only`` runs just the named stages, their
   inputs taken from earlier complete records (an error before anything starts when missing).
 - Everything checkable is checked before the first stage: the manifest, the base model, Ray's
@@ -32,7 +35,16 @@ from geor_core.config import GeorConfig
 from geor_core.errors import UserFacingError
 from geor_core.lineage import CODE_VERSION_ENV, code_version, data_fingerprint
 from geor_core.manifest import list_manifest_files, manifest_fingerprint
-from geor_core.stage_state import COMPLETE, StageRecord, mark_complete, mark_running, read_record, stage_key
+from geor_core.ownership import check_output, claim_output
+from geor_core.stage_state import (
+    COMPLETE,
+    RECORDS_DIR,
+    StageRecord,
+    mark_complete,
+    mark_running,
+    read_record,
+    stage_key,
+)
 from geor_core.tracking import parent_run, stage_run, tracking_uri
 
 STAGES = ("prepare", "sft", "mine-hard", "grpo", "evaluate", "register")
@@ -155,11 +167,14 @@ class PipelineRun:
     def run(self) -> PipelineResult:
         from tasks.ray_session import connect_ray
 
+        legacy = (f"{RECORDS_DIR}/*.json",)
+        check_output(self.root, "pipeline", legacy=legacy)  # before anything; nothing written
         self.check_upstream()
         os.environ.setdefault(CODE_VERSION_ENV, code_version())
         started_ray = connect_ray()
         try:
             self.preflight()
+            claim_output(self.root, "pipeline", legacy=legacy)
             tags = {"geor.pipeline_root": self.root, "geor.selected": ",".join(self.selected)}
             with parent_run(self.cfg, "pipeline", tags=tags) as parent_id:
                 result = PipelineResult(self.root, self.outcomes, parent_id)
@@ -192,6 +207,8 @@ class PipelineRun:
         resume = stage not in self.forced and record is not None and record.key == key
         _log(f"stage {index}/{len(STAGES)} {stage}: {'resuming' if resume else 'running'} (key {key})")
         started = time.monotonic()
+        if stage in OUTPUT_DIRS:  # the stage's folder; geor's when a record says the stage ran here
+            claim_output(self.output_dir(stage), stage, adopt=record is not None)
         record = mark_running(self.root, stage, key)
         outputs = STAGE_RUNNERS[stage](self, overwrite=not resume)
         mark_complete(self.root, record, _serialisable(outputs))
@@ -288,14 +305,12 @@ class PipelineRun:
         from tasks.evaluate import run_evaluate
 
         output = self.output_dir("evaluate")
-        if overwrite:
-            uris.remove_tree(output)
         models = [
             f"base={self.cfg.model.name_or_path}",
             f"sft={self.out('sft', 'output')}",
             f"grpo={self.out('grpo', 'output')}",
         ]
-        result = run_evaluate(self.cfg, self.out("prepare", "output"), models, output)
+        result = run_evaluate(self.cfg, self.out("prepare", "output"), models, output, overwrite=overwrite)
         final = next(e for e in result.models if e.label == "grpo")
         return {"output": output, "comparison": result.comparison, "final_metrics": final.report.metrics}
 

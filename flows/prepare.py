@@ -21,6 +21,7 @@ FLAG_KEYS = {
     "lat_col": "prepare.lat_col",
     "lon_col": "prepare.lon_col",
     "images_root": "prepare.images_root",
+    "allowed_schemes": "prepare.allowed_schemes",
     "check_images": "prepare.check_images",
     "overwrite": "prepare.overwrite",
 }
@@ -33,11 +34,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-col", dest="image_col", help="image reference column (absent: the id)")
     parser.add_argument("--lat-col", dest="lat_col", help="latitude column")
     parser.add_argument("--lon-col", dest="lon_col", help="longitude column")
-    parser.add_argument("--images-root", dest="images_root", help="base of relative image references")
+    parser.add_argument(
+        "--images-root",
+        dest="images_root",
+        help="base of relative image references; local ones must lie in it or the manifest's folder",
+    )
+    parser.add_argument(
+        "--allowed-schemes",
+        dest="allowed_schemes",
+        type=_scheme_list,
+        help="image reference schemes, comma-separated (default file,s3; e.g. file,s3,https)",
+    )
     parser.add_argument("--check-images", dest="check_images", action="store_true",
-                        help="open every image; reject missing and undecodable ones")  # fmt: skip
+                        help="open every image; reject missing, unreadable and undecodable ones")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace a complete output")
     add_config_arguments(parser)
+
+
+def _scheme_list(text: str) -> list[str]:
+    return [scheme.strip() for scheme in text.split(",") if scheme.strip()]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,10 @@
    as a new version with its lineage, scorecard and the gate's decision as tags; the alias
    ``champion`` moves to it only when the gate says so. The decision and both scorecards are
    logged to MLflow and printed whichever way it goes.
+4. The move is a compare-and-set under the registry lock (``registry.lock``, held only for the
+   check and the move, not while scoring): when the champion changed while the gate was scoring
+   (another promotion), the candidate stays registered, its ``geor.gate`` tag says why it was not
+   promoted, and the gate stops with an error asking to re-run it against the new champion.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from geor_core import registry, uris
 from geor_core.config import GeorConfig
+from geor_core.errors import UserFacingError
 from geor_core.lineage import data_fingerprint
 from geor_core.promotion import GateDecision, decide
 from geor_core.stage_state import stage_key
@@ -154,7 +159,7 @@ def gate_and_register(
         **{f"{registry.LINEAGE_PREFIX}{k}": v for k, v in lineage.items()},
         registry.SCORECARD_TAG: json.dumps(candidate),
         registry.BENCHMARK_TAG: benchmark,
-        "geor.gate": ("promoted: " if decision.promote else "kept champion: ") + decision.reason,
+        registry.GATE_TAG: ("promoted: " if decision.promote else "kept champion: ") + decision.reason,
     }
     with stage_run(cfg, "register", tags={"geor.upstream.model": candidate_uri, **tags}) as run:
         _log_model_dir(candidate_uri)
@@ -162,13 +167,46 @@ def gate_and_register(
         if registry.registered_tags(client, name).get(registry.BENCHMARK_TAG) is None:
             client.set_registered_model_tag(name, registry.BENCHMARK_TAG, benchmark)
         if decision.promote:
-            registry.set_champion(client, name, version.version, decision.reason)
+            _promote(cfg, client, version.version, decision.reason, current, candidate_uri)
         _log_decision(decision, version.version, current)
     outcome = GateOutcome(
         name, version.version, decision.promote, decision, benchmark, current.version if current else None
     )
     print(format_decision(outcome))
     return outcome
+
+
+def _promote(
+    cfg: GeorConfig,
+    client: Any,
+    version: str,
+    reason: str,
+    compared_with: registry.Version | None,
+    candidate_uri: str,
+) -> None:
+    """Move the alias to ``version`` only if the champion is still the one it was compared with
+    (checked under the registry lock); otherwise record on the version that it was not promoted."""
+    name = cfg.registry.model_name
+    try:
+        registry.set_champion(
+            client,
+            name,
+            version,
+            reason,
+            expected_champion=compared_with.version if compared_with else None,
+            lock_uri=registry.lock_uri(cfg),
+        )
+    except registry.ChampionChanged as exc:
+        moved = f"{registry.label(exc.expected)} to {registry.label(exc.found)}"
+        client.set_model_version_tag(
+            name,
+            version,
+            registry.GATE_TAG,
+            f"not promoted: the champion changed from {moved} during the gate",
+        )
+        raise UserFacingError(
+            f"{exc}. v{version} stays registered, not promoted (model {candidate_uri})"
+        ) from exc
 
 
 def _log_decision(decision: GateDecision, version: str, champion: registry.Version | None) -> None:

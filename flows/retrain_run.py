@@ -6,14 +6,17 @@ Choices:
   ``retrain.lock`` (default ``<storage.root>/retrain.lock``, local or s3://); a second retrain
   exits at once with a message naming the holder. A killed retrain's lock expires after
   ``retrain.lock_ttl_s``; the champion alias only ever names one version, so a crash at any point
-  leaves exactly one champion (the old one, unless the alias move itself completed).
+  leaves exactly one champion (the old one, unless the alias move itself completed). The move
+  itself is the gate's: a compare-and-set under the registry lock (``registry.lock``, held for
+  that move only), refused when the champion changed while the challenger was being scored.
 - New data = manifest rows whose ids are in none of the champion's training datasets (its
   lineage); fewer than ``retrain.min_new_rows`` -> "nothing to do", exit 0, logged.
 - The champion is pinned by version for the whole run (``models:/NAME/V``), so a promotion
   elsewhere mid-run cannot change what the challenger started from or is compared with.
 - Steps: prepare the new rows -> (optional SFT from the champion) -> mine hard rows with the
   start model -> GRPO warm-started from it -> gate on the registered benchmark. Every run gets a
-  fresh folder ``<storage.root>/retrain/<UTC time>``.
+  fresh folder ``<storage.root>/retrain/<UTC time>``, claimed for the retrain (and each step's
+  folder in it for its step: geor_core/ownership.py).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from geor_core import registry, uris
 from geor_core.config import GeorConfig
 from geor_core.errors import UserFacingError
 from geor_core.lineage import code_version, data_fingerprint
+from geor_core.manifest import manifest_folder
 from geor_core.new_rows import NewRows, known_ids, write_new_rows
+from geor_core.ownership import claim_output
 from geor_core.run_lock import RunLock
 from geor_core.tracking import parent_run, stage_run, tracking_uri
 
@@ -89,6 +94,7 @@ def run_retrain(cfg: GeorConfig, manifest: str) -> RetrainResult:
 def _retrain(cfg: GeorConfig, manifest: str, champion: registry.Version, lock: RunLock) -> RetrainResult:
     training_data = _training_data(champion)
     work = uris.join(cfg.storage.root, "retrain", time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    claim_output(work, "retrain")  # each step claims its own folder in it
     new = write_new_rows(manifest, cfg.prepare, known_ids(training_data), uris.join(work, "manifest"))
     _log(f"{new.rows_new} new rows of {new.rows_total} in {manifest} ({new.malformed_lines} malformed lines)")
     if new.rows_new < cfg.retrain.min_new_rows:
@@ -100,7 +106,7 @@ def _retrain(cfg: GeorConfig, manifest: str, champion: registry.Version, lock: R
                 mlflow.log_metrics({"rows_total": new.rows_total, "rows_new": new.rows_new})
         return RetrainResult("nothing to do", champion.version, new)
     start = f"models:/{cfg.registry.model_name}/{champion.version}"
-    prepared = _prepare(cfg, new, work)
+    prepared = _prepare(cfg, new, work, manifest)
     lock.ensure_held()
     challenger = cfg.retrain.challenger or _train(cfg, prepared, start, work, lock)
     lock.ensure_held()
@@ -125,13 +131,15 @@ def _retrain(cfg: GeorConfig, manifest: str, champion: registry.Version, lock: R
     return RetrainResult("promoted" if gate.promoted else "kept champion", champion.version, new, work, gate)
 
 
-def _prepare(cfg: GeorConfig, new: NewRows, work: str) -> str:
+def _prepare(cfg: GeorConfig, new: NewRows, work: str, manifest: str) -> str:
     from tasks.prepare import run_prepare
 
     output = uris.join(work, "prepared")
+    # the new rows' image references are absolute: they must stay inside the original manifest's
+    # folder (or prepare.images_root), not the folder the new-rows file was written to
     prepare = dataclasses.replace(
         cfg.prepare, manifest=new.manifest, output=output, id_col="id", image_col="image", lat_col="lat",
-        lon_col="lon", images_root="",
+        lon_col="lon", images_root=cfg.prepare.images_root or manifest_folder(manifest),
     )  # fmt: skip
     outcome = run_prepare(dataclasses.replace(cfg, prepare=prepare))
     _log(f"prepared {output}: splits {outcome.stats.get('splits')}")

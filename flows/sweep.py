@@ -45,7 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", help="where trials, Tune's state and best_config.yaml go")
     parser.add_argument("--space", help="search space: a YAML path or a shipped name (configs/spaces)")
-    parser.add_argument("--overwrite", action="store_true", help="start over, deleting what --output holds")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over, deleting what an earlier sweep wrote in --output",
+    )
     add_config_arguments(parser)
 
 
@@ -178,7 +182,7 @@ def _log_outcome(cfg: GeorConfig, run_id: str, result: SweepResult, table: str) 
     for status in STATUSES:
         client.log_metric(run_id, f"trials_{status}", sum(t.status == status for t in result.trials))
     if result.best is not None and result.best_config_uri:
-        client.log_text(run_id, uris.read_text(result.best_config_uri), "best_config.yaml")
+        client.log_text(run_id, uris.redact_uri(uris.read_text(result.best_config_uri)), "best_config.yaml")
         client.set_tag(run_id, "geor.sweep.best_trial", result.best.trial_id)
         client.set_tag(run_id, "geor.sweep.best_config", result.best_config_uri)
         client.log_metric(run_id, f"best/{result.objective}", float(result.best.value))

@@ -13,7 +13,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, start_help: str) 
     parser.add_argument("--data", help="a `geor prepare` (or `geor mine-hard`) output, local or s3://")
     parser.add_argument("--model", help=start_help)
     parser.add_argument("--output", help="where checkpoints and the exported model go")
-    parser.add_argument("--overwrite", action="store_true", help="start over, deleting what --output holds")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start over, deleting the checkpoints and export in --output"
+    )
     add_config_arguments(parser)
 
 

@@ -7,7 +7,14 @@ overrides (values parsed as YAML, so ``grpo.beta=0.02`` is a float and ``eval.sp
 a list). Presets may name another preset in ``extends:``.
 
 Validation names the key, the bad value and what is allowed. Ranges and choices are declared
-next to each field (``_choice`` / ``_range`` metadata), so the schema documents itself.
+next to each field (``_choice`` / ``_range`` metadata), so the schema documents itself. Numbers
+must be finite (``nan`` and ``.inf`` are refused by name), and so must every share of
+``prepare.splits``.
+
+YAML (files and override values) is read with a bounded loader: a document over
+``MAX_YAML_BYTES``, one whose aliases expand to more than ``MAX_YAML_NODES`` nodes (a "billion
+laughs"), an alias that refers to itself, or nesting deeper than Python can follow is a
+ConfigError, so no config can hang or exhaust memory.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -25,7 +33,11 @@ from typing import Any
 
 import yaml
 
+from geor_core import uris
+
 SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credential", "credentials"}
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_NODES = 100_000  # after alias expansion; the shipped presets have a few hundred
 
 
 class ConfigError(ValueError):
@@ -73,6 +85,12 @@ class PrepareConfig:
     lat_col: str = "lat"
     lon_col: str = "lon"
     images_root: str = ""  # default: the manifest's folder
+    # local image references must lie (after symlinks) inside the manifest's folder or images_root;
+    # `geor predict` applies the same rule and schemes to its photo manifests and folders
+    allowed_schemes: list = _list(
+        ["file", "s3"],
+        "URI schemes image references may use (file: local paths); list http, https for web images",
+    )
     check_images: bool = False
     seed: int = 0
     splits: dict = _dict({"train": 0.9, "val": 0.05, "test": 0.05}, "split name -> share, sums to 1")
@@ -108,6 +126,13 @@ class ModelConfig:
     attn_implementation: str = _choice("sdpa", "sdpa", "eager", "flash_attention_2")
     min_pixels: int = _range(28 * 28, 1)
     max_pixels: int = _range(448 * 448, 1)
+    max_image_pixels: int = _range(
+        40_000_000,
+        1,
+        178_956_970,
+        doc="photos declaring more pixels (width x height) are refused per row before decoding; "
+        "at most Pillow's own hard limit",
+    )
     cache_dir: str = ""  # where s3:// models are copied; default ~/.cache/geor/models
     lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -165,6 +190,9 @@ class GrpoConfig(TrainingConfig):
     hard_radius_km: float = _range(200.0, 0.0)
     reward_actors: int = _range(1, 1)
     reward_actor_cpus: float = _range(0.25, 0.01)
+    reward_timeout_s: float = _range(
+        120.0, 1.0, doc="a reward chunk unanswered this long: its actor is killed, the chunk resubmitted"
+    )
     val_rows: int = _range(64, 0)
 
 
@@ -256,6 +284,9 @@ class RegistryConfig:
     guards: list = _list(["format_rate"])
     tolerance: float = _range(1.0, 0.0)
     benchmark: str = ""  # pinned benchmark split URI; default: the first run's test split
+    # the lock every champion move takes (local or s3://); default <storage.root>/registry.lock.
+    # Set it to one shared path when runs with different storage roots promote into one registry
+    lock: str = ""
 
 
 @dataclass
@@ -324,10 +355,7 @@ def _read_source(source: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
                 f"unknown preset {source!r}; presets: {', '.join(preset_names())} (or a YAML path)"
             )
         text = candidate.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {source!r} is not valid YAML: {exc}") from exc
+    data = load_yaml(text, f"config {source!r}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {source!r} must be a mapping of sections, got {type(data).__name__}")
     base = data.pop("extends", None)
@@ -353,10 +381,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key or " " in key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        value = load_yaml(raw, f"override {item!r}") if raw != "" else ""
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
@@ -365,6 +390,59 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
         node[parts[-1]] = value
     return nested
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a document whose aliases expand past ``MAX_YAML_NODES`` nodes or
+    refer to themselves, before anything is built from it."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_nodes(node, {}, set())
+        return node
+
+
+class _YamlTooLarge(yaml.YAMLError):
+    pass
+
+
+def _expanded_nodes(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """The nodes ``node`` stands for once every alias is expanded (each node measured once)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise _YamlTooLarge("an alias refers to the collection that contains it")
+    open_nodes.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    else:
+        children = []
+    size = 1
+    for child in children:
+        size += _expanded_nodes(child, sizes, open_nodes)
+        if size > MAX_YAML_NODES:
+            raise _YamlTooLarge(f"its aliases expand to more than {MAX_YAML_NODES} values")
+    open_nodes.discard(key)
+    sizes[key] = size
+    return size
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """YAML text -> plain data, bounded (see the module docstring); ``what`` names it in errors."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} has {len(text)} characters; a config may have at most {MAX_YAML_BYTES}")
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: builds plain data only
+    except _YamlTooLarge as exc:
+        raise ConfigError(f"{what} is refused: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} is not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply") from None
 
 
 def _coerce(path: str, value: Any, hint: Any, spec: dataclasses.Field) -> Any:
@@ -385,7 +463,12 @@ def _coerce(path: str, value: Any, hint: Any, spec: dataclasses.Field) -> Any:
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: got {value!r}, expected a number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer past the float range
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: got {value!r}, expected a finite number")
     elif hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: got {value!r}, expected a string")
@@ -427,8 +510,14 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
 
 def _check_consistency(cfg: GeorConfig) -> None:
     shares = cfg.prepare.splits
-    if not shares or any(not isinstance(v, int | float) or v < 0 for v in shares.values()):
+    if not shares:
         raise ConfigError(f"prepare.splits: got {shares!r}, expected split name -> non-negative share")
+    for name, share in shares.items():
+        number = isinstance(share, int | float) and not isinstance(share, bool)
+        if not number or not math.isfinite(share) or share < 0:
+            raise ConfigError(f"prepare.splits.{name}: got {share!r}, expected a finite, non-negative share")
+    if sum(shares.values()) <= 0:
+        raise ConfigError(f"prepare.splits: shares {shares!r} sum to 0; at least one must be positive")
     if abs(sum(shares.values()) - 1.0) > 1e-6:
         raise ConfigError(f"prepare.splits: shares {shares!r} sum to {sum(shares.values())}, must sum to 1")
     if cfg.model.min_pixels > cfg.model.max_pixels:
@@ -509,7 +598,8 @@ def is_secret_key(key: str) -> bool:
 
 
 def flat_params(cfg: GeorConfig, sections: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Dotted ``section.key -> value`` pairs, secret-looking keys removed (for MLflow params)."""
+    """Dotted ``section.key -> value`` pairs, secret-looking keys removed and the credentials of
+    URIs masked (for MLflow params)."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -517,7 +607,7 @@ def flat_params(cfg: GeorConfig, sections: tuple[str, ...] = ()) -> dict[str, An
             for k, v in node.items():
                 walk(f"{prefix}.{k}" if prefix else k, v)
         elif not is_secret_key(prefix):
-            out[prefix] = node
+            out[prefix] = uris.redact_uri(node) if isinstance(node, str) else node
 
     data = cfg.to_dict()
     for name in sections or tuple(data):
@@ -532,6 +622,7 @@ __all__ = [
     "flat_params",
     "is_secret_key",
     "load_config",
+    "load_yaml",
     "parse_overrides",
     "preset_names",
 ]

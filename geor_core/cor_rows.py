@@ -2,18 +2,20 @@
 
 Each row gets the first reason that applies ("" = kept), checked in this order: ``missing_id``,
 ``duplicate_id`` (decided over the whole manifest beforehand, see ``dedupe``), ``missing_image``
-(an empty image reference), the coordinate reasons of ``geo.validate_coordinates``, then with
-image checks ``image_missing`` / ``image_undecodable``. Kept rows are reverse-geocoded with one
-batched gazetteer query, get their CoR target (``cor.cor_targets``) and a split.
+(an empty image reference), the reference rule's reasons (``image_path_invalid``,
+``image_scheme_not_allowed``, ``image_outside_root``: geor_core/image_refs.py), the coordinate
+reasons of ``geo.validate_coordinates``, then with image checks ``image_missing`` /
+``image_unreadable`` / ``image_undecodable``. Kept rows are reverse-geocoded with one batched
+gazetteer query, get their CoR target (``cor.cor_targets``) and a split.
 
 A row's split depends only on its id and the seed: the keyed siphash-2-4 of the id's UTF-8
 bytes (``pandas.util.hash_array`` with a key derived from the seed), mapped to [0, 1) and cut at
 the cumulative split shares in config order. Adding rows never moves existing ones. Rows whose
 country is a hold-out country go to ``test`` whatever their hash says.
 
-Image references become absolute URIs: kept as they are when absolute (``/...`` or
-``scheme://...``), else joined to ``image_base`` (``prepare.images_root``, else the folder of the
-manifest file the row came from).
+Image references become URIs by the reference rule: remote ones of an allowed scheme as they
+are, local ones as absolute paths (relative ones joined to ``prepare.images_root``, else the
+folder of the manifest file the row came from).
 """
 
 from __future__ import annotations
@@ -32,21 +34,26 @@ from geor_core.cor import cor_targets
 from geor_core.countries import country_name
 from geor_core.geo import REASON_CODES as COORDINATE_REASONS
 from geor_core.geo import validate_coordinates
-from geor_core.image_check import IMAGE_MISSING, IMAGE_UNDECODABLE, check_images
+from geor_core.image_check import REASON_CODES as IMAGE_CHECK_REASONS
+from geor_core.image_check import check_images
+from geor_core.image_refs import REASON_CODES as REFERENCE_REASONS
+from geor_core.image_refs import ReferenceRule, resolve_references
 from geor_core.manifest import ColumnRoles
+from geor_core.manifest_formats import FIELD_TOO_LARGE, MALFORMED_LINE, NOT_UTF8
 
-MALFORMED_LINE = "malformed_line"
 MISSING_ID = "missing_id"
 DUPLICATE_ID = "duplicate_id"
 MISSING_IMAGE = "missing_image"
 REASON_CODES = (
     MALFORMED_LINE,
+    NOT_UTF8,
+    FIELD_TOO_LARGE,
     MISSING_ID,
     DUPLICATE_ID,
     MISSING_IMAGE,
+    *REFERENCE_REASONS,
     *COORDINATE_REASONS,
-    IMAGE_MISSING,
-    IMAGE_UNDECODABLE,
+    *IMAGE_CHECK_REASONS,
 )
 TEST_SPLIT = "test"
 
@@ -67,7 +74,6 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("source_fingerprint", pa.string(), nullable=False),
     ]
 )
-_ABSOLUTE_REFERENCE = r"^(/|[A-Za-z][A-Za-z0-9+.\-]*://)"
 
 
 @dataclass(frozen=True)
@@ -96,26 +102,18 @@ def _trimmed(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.utf8_trim_whitespace(array.cast(pa.string()))
 
 
-def image_uris(references: pa.Array, image_base: str) -> pa.Array:
-    """Absolute image URIs: absolute references as they are, others joined to ``image_base``."""
-    relative = pc.replace_substring_regex(references, r"^(\./)+", "")
-    joined = pc.binary_join_element_wise(image_base.rstrip("/") + "/", relative, "")
-    is_absolute = pc.fill_null(pc.match_substring_regex(references, _ABSOLUTE_REFERENCE), False)
-    return pc.if_else(is_absolute, references, joined)
-
-
 def prepare_batch(
     table: pa.Table,
     roles: ColumnRoles,
-    image_base: str,
+    images: ReferenceRule,
     rules: RowRules,
     duplicate: np.ndarray | None = None,
 ) -> tuple[pa.Table, np.ndarray]:
     """Validate, geocode and label one batch of all-string manifest rows.
 
     Returns (the kept rows in ``OUTPUT_SCHEMA``, in input order; a reason per input row as an
-    object array, "" for kept rows). ``duplicate`` flags rows whose id appeared earlier in the
-    manifest."""
+    object array, "" for kept rows). ``images`` is the reference rule of the rows' manifest file;
+    ``duplicate`` flags rows whose id appeared earlier in the manifest."""
     n = table.num_rows
     ids = row_ids(table, roles)
     references = image_references(table, roles)
@@ -124,15 +122,20 @@ def prepare_batch(
     if duplicate is not None:
         _mark(reason, np.asarray(duplicate, dtype=bool), DUPLICATE_ID)
     _mark(reason, _blank(references), MISSING_IMAGE)
+    pending_rows = np.flatnonzero(reason == "")
+    uris, reference_reason = resolve_references(references.take(pa.array(pending_rows)), images)
+    reason[pending_rows] = reference_reason
+    uri_of_row = np.full(n, -1, dtype=np.int64)  # row -> its position in ``uris``
+    uri_of_row[pending_rows] = np.arange(pending_rows.size)
     lat, lon, coordinate_reason = validate_coordinates(_cells(table[roles.lat]), _cells(table[roles.lon]))
     pending = reason == ""
     reason[pending] = coordinate_reason[pending]
-    images = image_uris(references, image_base)
     if rules.check_images:
         pending_rows = np.flatnonzero(reason == "")
-        reason[pending_rows] = check_images(images.take(pa.array(pending_rows)).to_pylist())
-    keep = pa.array(np.flatnonzero(reason == ""))
-    kept_rows = _training_rows(ids.take(keep), images.take(keep), lat[keep], lon[keep], rules)
+        reason[pending_rows] = check_images(uris.take(pa.array(uri_of_row[pending_rows])).to_pylist())
+    keep = np.flatnonzero(reason == "")
+    kept_images = uris.take(pa.array(uri_of_row[keep]))
+    kept_rows = _training_rows(ids.take(pa.array(keep)), kept_images, lat[keep], lon[keep], rules)
     return kept_rows, reason
 
 

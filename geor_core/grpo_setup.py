@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from geor_core.config import GeorConfig
+from geor_core.config import GeorConfig, ModelConfig
 from geor_core.images import load_image
 from geor_core.prompts import user_turn
 from geor_core.sft_setup import trainer_arguments
@@ -45,19 +46,20 @@ EXTRA_REWARDS = (
 Scorer = Callable[..., dict[str, np.ndarray]]
 
 
-def _examples(batch: dict[str, list]) -> dict[str, list]:
+def _examples(batch: dict[str, list], model: ModelConfig) -> dict[str, list]:
     rows = dict(batch)
     rows["prompt"] = [user_turn() for _ in batch["id"]]
-    rows["image"] = [load_image(uri) for uri in batch["image"]]
+    rows["image"] = [load_image(uri, model) for uri in batch["image"]]
     return rows
 
 
-def grpo_dataset(table: pa.Table) -> Any:
-    """Prompt + image + truth columns; images decoded on access, never held in memory."""
+def grpo_dataset(table: pa.Table, model: ModelConfig) -> Any:
+    """Prompt + image + truth columns; images decoded on access straight down to
+    ``model.max_pixels`` (geor_core.images), never held in memory."""
     import datasets
 
     dataset = datasets.Dataset(table.select(GRPO_COLUMNS))
-    dataset.set_transform(_examples)
+    dataset.set_transform(partial(_examples, model=model))
     return dataset
 
 
@@ -166,8 +168,8 @@ def build_grpo_trainer(
         model=model,
         reward_funcs=reward_funcs,
         args=grpo_arguments(cfg, output_dir, has_eval=has_eval, reward_weights=weights),
-        train_dataset=grpo_dataset(train_table),
-        eval_dataset=grpo_dataset(eval_table) if has_eval else None,
+        train_dataset=grpo_dataset(train_table, cfg.model),
+        eval_dataset=grpo_dataset(eval_table, cfg.model) if has_eval else None,
         processing_class=processor,
         callbacks=callbacks or [],
     )

@@ -2,9 +2,12 @@
 
 Every cell comes back as a string (so ``abc`` in a latitude column is a non-numeric value for the
 validator to reject, not a read failure), with the original column names. CSV lines with the
-wrong number of fields and JSONL lines that are not JSON objects come back as *malformed lines*
-(their raw text), never as a crash. A UTF-8 BOM is skipped; quoted commas and quoted line breaks
-are ordinary values; ``.gz`` / ``.bz2`` / ``.zst`` files are decompressed on the fly.
+wrong number of fields and JSONL lines that are not JSON objects come back as *bad lines* (their
+raw text and a reason code: ``malformed_line``), never as a crash; so do rows with a value that is
+not UTF-8 (``not_utf8``) and CSV lines over ``manifest_formats.MAX_LINE_BYTES``
+(``field_too_large``). A header that names a column twice is a UserFacingError. A UTF-8 BOM is
+skipped; quoted commas and quoted line breaks are ordinary values; ``.gz`` / ``.bz2`` / ``.zst``
+files are decompressed on the fly.
 
 Manifest order, which decides which of two rows with the same id is kept, is: files sorted by
 URI, then rows in file order. A file is read as a stream of batches, so memory is bounded by the
@@ -22,7 +25,7 @@ import pyarrow as pa
 
 from geor_core import uris
 from geor_core.errors import UserFacingError
-from geor_core.manifest_formats import read_pieces
+from geor_core.manifest_formats import MAX_LINE_BYTES, BadLine, read_pieces
 
 FORMATS_BY_SUFFIX = {
     ".csv": "csv",
@@ -48,11 +51,16 @@ class ManifestFile:
 
 @dataclass
 class ManifestBatch:
-    """A slice of one manifest file: rows as an all-string table, plus the malformed lines met."""
+    """A slice of one manifest file: rows as an all-string table, plus the bad lines met."""
 
     table: pa.Table
     first_row: int  # index within the file (among well-formed rows) of the table's first row
-    malformed: list[str] = field(default_factory=list)
+    bad_lines: list[BadLine] = field(default_factory=list)
+
+    @property
+    def malformed(self) -> list[str]:
+        """The text of every bad line (each is one rejected row, whatever its reason)."""
+        return [line.text for line in self.bad_lines]
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,15 @@ def list_manifest_files(uri: str) -> list[ManifestFile]:
         ManifestFile(uri=file_uri, index=i, format=manifest_format(file_uri) or "", folder=_folder(file_uri))
         for i, file_uri in enumerate(found)
     ]
+
+
+def manifest_folder(uri: str) -> str:
+    """The folder of a manifest: the URI itself when it names a folder, else the file's folder.
+    Local image references must stay inside it (or ``prepare.images_root``)."""
+    fs, path = uris.filesystem(uri)
+    if uris.is_s3(uri):
+        return uri.rstrip("/") if fs.isdir(path) else _folder(uri)
+    return path if fs.isdir(path) else _folder(uri)
 
 
 def manifest_fingerprint(files: list[ManifestFile]) -> str:
@@ -163,19 +180,24 @@ def iter_batches(file: ManifestFile, batch_rows: int) -> Iterator[ManifestBatch]
     """Stream one manifest file as all-string batches of about ``batch_rows`` rows.
 
     Every well-formed row appears in exactly
-    one batch, in file order; every malformed line in exactly one batch's ``malformed`` list. The
-    last batch may have no rows (it then carries the remaining malformed lines)."""
+    one batch, in file order; every bad line in exactly one batch's ``bad_lines`` list. The
+    last batch may have no rows (it then carries the remaining bad lines)."""
     try:
         yield from _rebatch(read_pieces(file.uri, file.format, batch_rows), batch_rows)
     except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as exc:
+        if "straddling" in str(exc):  # pyarrow's block size: no setting of ours changes it
+            raise UserFacingError(
+                f"manifest file {file.uri} has a row longer than {MAX_LINE_BYTES} bytes spread over "
+                "several lines (a quoted value with line breaks); such rows cannot be read"
+            ) from exc
         raise UserFacingError(f"manifest file {file.uri} cannot be read as {file.format}: {exc}") from exc
 
 
-def _rebatch(parts: Iterator[tuple[pa.Table, list[str]]], batch_rows: int) -> Iterator[ManifestBatch]:
+def _rebatch(parts: Iterator[tuple[pa.Table, list[BadLine]]], batch_rows: int) -> Iterator[ManifestBatch]:
     """Cut reader pieces into batches of ``batch_rows`` rows (the last may be smaller)."""
     pending = pa.table({})
     template = pa.table({})  # an empty table that still has the column names
-    malformed: list[str] = []
+    malformed: list[BadLine] = []
     next_row = 0
     for table, bad_lines in parts:
         if table.num_rows:

@@ -2,15 +2,15 @@
 
 ``read_raw_blocks`` turns one manifest file into *raw blocks*: all-string tables of the file's
 rows plus bookkeeping columns: ``__file`` (file index), ``__row`` (the row's index in its file;
-for a malformed line -1, -2, ... in order), ``__line`` (the raw text of a malformed line, else
-null) and ``__duplicate`` (the id appeared earlier in the manifest). A malformed line is a row
-of its own, every manifest column null.
+for a bad line -1, -2, ... in order), ``__line`` and ``__reason`` (the text and reason code of a
+bad line: malformed, not UTF-8, too large; else null) and ``__duplicate`` (the id appeared
+earlier in the manifest). A bad line is a row of its own, every manifest column null.
 
 ``transform_block`` turns a raw block (or any slice of one: Ray Data may split blocks) into
 training rows (``cor_rows.OUTPUT_SCHEMA``) and writes the slice's rejects itself, to
 ``<rejects>/part-<file>-<first row>.parquet``: every manifest column of the job (as strings; a
 manifest column that clashes with a name below is kept as ``manifest_<name>``) plus ``reason``,
-``line`` (malformed lines), ``source_file`` and ``source_row``. Slices never share a first row,
+``line`` (bad lines), ``source_file`` and ``source_row``. Slices never share a first row,
 so no two slices write the same file, and a retried task overwrites rather than duplicates.
 
 The Ray Data pipeline (tasks/prepare.py) and the single-process baseline (benchmarks/prepare.py)
@@ -28,8 +28,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from geor_core import uris
-from geor_core.cor_rows import MALFORMED_LINE, OUTPUT_SCHEMA, RowRules, prepare_batch
+from geor_core.cor_rows import OUTPUT_SCHEMA, RowRules, prepare_batch
+from geor_core.image_refs import ReferenceRule
 from geor_core.manifest import ColumnRoles, ManifestFile, iter_batches
+from geor_core.manifest_formats import BadLine
 
 REJECT_EXTRA_COLUMNS = ("reason", "line", "source_file", "source_row")
 
@@ -40,7 +42,7 @@ class FileContext:
 
     uri: str
     roles: ColumnRoles | None  # None: the file has no columns at all (an empty file)
-    image_base: str
+    images: ReferenceRule  # where its image references may point, and what they are relative to
 
 
 @dataclass(frozen=True)
@@ -76,24 +78,26 @@ def read_raw_blocks(file: ManifestFile, batch_rows: int, duplicate_rows: np.ndar
         block = batch.table.append_column("__file", pa.array(np.full(n, file.index, np.int32)))
         block = block.append_column("__row", pa.array(rows))
         block = block.append_column("__line", pa.nulls(n, pa.string()))
+        block = block.append_column("__reason", pa.nulls(n, pa.string()))
         block = block.append_column(
             "__duplicate", pa.array(np.isin(rows, duplicate_rows, assume_unique=True))
         )
-        if batch.malformed:
-            lines = _malformed_block(file.index, malformed_seen, batch.malformed)
-            malformed_seen += len(batch.malformed)
+        if batch.bad_lines:
+            lines = _malformed_block(file.index, malformed_seen, batch.bad_lines)
+            malformed_seen += len(batch.bad_lines)
             block = pa.concat_tables([block, lines], promote_options="permissive")
         if block.num_rows or block_index == 0:
             yield block
 
 
-def _malformed_block(file_index: int, seen_before: int, lines: list[str]) -> pa.Table:
+def _malformed_block(file_index: int, seen_before: int, lines: list[BadLine]) -> pa.Table:
     n = len(lines)
     return pa.table(
         {
             "__file": pa.array(np.full(n, file_index, np.int32)),
             "__row": pa.array(-np.arange(seen_before + 1, seen_before + n + 1, dtype=np.int64)),
-            "__line": pa.array(lines, pa.string()),
+            "__line": pa.array([line.text for line in lines], pa.string()),
+            "__reason": pa.array([line.reason for line in lines], pa.string()),
             "__duplicate": pa.array(np.zeros(n, bool)),
         }
     )
@@ -122,12 +126,12 @@ def _transform_part(part: pa.Table, file_index: int, job: PrepareJob) -> pa.Tabl
         if file.roles is None:
             raise ValueError(f"manifest file {file.uri} has rows but no column roles")
         duplicate = rows["__duplicate"].combine_chunks().to_numpy(zero_copy_only=False)
-        kept, reason = prepare_batch(rows, file.roles, file.image_base, job.rules, duplicate)
+        kept, reason = prepare_batch(rows, file.roles, file.images, job.rules, duplicate)
         rejected = np.flatnonzero(reason != "")
         if rejected.size:
             rejects.append(_rejects(rows.take(pa.array(rejected)), reason[rejected], file.uri, job))
     if lines.num_rows:
-        reasons = np.full(lines.num_rows, MALFORMED_LINE, dtype=object)
+        reasons = lines["__reason"].to_numpy(zero_copy_only=False)
         rejects.append(_rejects(lines, reasons, file.uri, job))
     if rejects:
         first_row = part["__row"][0].as_py()

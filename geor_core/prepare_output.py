@@ -2,10 +2,12 @@
 refuse a finished output, clear a crashed one, and finish a new one (row check, stats, marker).
 
 A complete output made from the same manifest files and the same row-deciding settings is
-skipped; one made from other inputs is an error unless ``prepare.overwrite``. An output without
-a marker is cleared before a run: only the entries a run writes (``dataset.OUTPUT_ENTRIES`` and
-the marker, the marker first), never anything else in the folder. The marker is written last,
-and only when rows_in = rows_out + rows_rejected holds for what is on disk.
+skipped; one made from other inputs is an error unless ``prepare.overwrite``. Before a run the
+output is claimed (geor_core/ownership.py: a folder geor did not write, or one that holds the
+manifest or the images, is refused), then cleared: only the entries a run writes
+(``dataset.OUTPUT_ENTRIES`` and the marker, the marker first), never anything else in the
+folder. The marker is written last, and only when rows_in = rows_out + rows_rejected holds for
+what is on disk.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from geor_core import uris
 from geor_core.config import PrepareConfig
 from geor_core.dataset import OUTPUT_ENTRIES, STATS_FILE
 from geor_core.errors import UserFacingError
+from geor_core.ownership import claim_output
 
 # Settings that do not change which rows come out, or what they say: left out of the fingerprint.
 _LAYOUT_ONLY_KEYS = ("output", "overwrite", "batch_size", "cpus_per_task", "compute")
@@ -82,12 +85,13 @@ def finished_stats(prepare: PrepareConfig, manifest_fingerprint: str) -> dict[st
     return marker["stats"]
 
 
-def clear_output(output: str) -> None:
-    """Remove the marker first (a crash mid-way never leaves an old marker over new files), then
-    every entry a run writes; anything else in the output folder is left alone."""
-    uris.remove_tree(uris.join(output, uris.MARKER_NAME))
-    for entry in OUTPUT_ENTRIES:
-        uris.remove_tree(uris.join(output, entry))
+def clear_output(prepare: PrepareConfig) -> None:
+    """Claim the output for `geor prepare` (geor_core/ownership.py: refused when it is not geor's or
+    holds the manifest or the images), then remove the marker first (a crash mid-way never leaves
+    an old marker over new files) and every entry a run writes; nothing else is touched."""
+    inputs = {"manifest": prepare.manifest, "images root": prepare.images_root}
+    owned = claim_output(prepare.output, "prepare", inputs=inputs)
+    owned.remove(uris.MARKER_NAME, *OUTPUT_ENTRIES)
 
 
 def finish_output(prepare: PrepareConfig, stats: dict[str, Any], manifest_fingerprint: str) -> None:

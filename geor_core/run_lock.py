@@ -14,6 +14,14 @@ A holder that stalls past its TTL may find at its next renewal that another run 
 the lock is then lost: :meth:`RunLock.ensure_held` raises :class:`LockLost`, and leaving does not
 touch the new holder's lock. On S3 ages have 1 s resolution: keep ``ttl_s`` at least
 ``heartbeat_s`` + 2 s.
+
+A corrupt lock record (not JSON, nested too deeply, a time that is no date, a ``ttl_s`` that is
+NaN, infinite or not positive, ...; see :mod:`geor_core.run_lock_stores`) is never taken over
+at once, since it may still belong to a live holder: its age comes from the store's timestamp,
+which a live holder's heartbeat keeps fresh whatever the content, and it counts as held until
+that age passes this run's own ``ttl_s`` (the TTL every run of one workflow shares). Until then
+:class:`LockHeld` says the record is unreadable, why, and how to break it. A local lock path
+that is a directory is refused with a message and left alone.
 """
 
 from __future__ import annotations
@@ -115,14 +123,14 @@ class RunLock:
         if found.record is not None and found.record.token == self._record.token:
             return found.version
         ttl_s = found.record.ttl_s if found.record is not None else self.ttl_s
-        if found.age_s <= ttl_s:
+        if not found.age_s > ttl_s:
             raise LockHeld(self._describe_holder(found))
         version = self._store.take_over(found, ttl_s, self._record.to_bytes())
         if version is not None:
             log.warning(
                 "%s: took over an expired lock from %s (no heartbeat for %.0f s, TTL %.0f s)",
                 self.uri,
-                found.record.owner if found.record is not None else "an unreadable record",
+                found.record.owner if found.record is not None else f"an unreadable record ({found.problem})",
                 found.age_s,
                 ttl_s,
             )
@@ -202,7 +210,7 @@ class RunLock:
         holder = (
             f"{record.owner}, since {datetime.fromtimestamp(record.acquired_at, UTC):%Y-%m-%d %H:%M:%S} UTC"
             if record is not None
-            else "an unreadable lock record"
+            else f"an unreadable lock record ({found.problem})"
         )
         return (
             f"another run holds the lock {self.uri}: {holder}, last heartbeat {found.age_s:.0f} s ago "

@@ -15,6 +15,13 @@ lock that changed since they looked at it.
   ``<lock>.guard`` (the kernel drops it when a process dies, so it never goes stale): each
   re-checks, under the guard, that the lock is still the version it expects. Age is now minus
   mtime.
+
+A lock whose content is not a lock record (garbled, not JSON, nested too deeply, larger than
+``MAX_RECORD_BYTES``, a time that is no date, a ``ttl_s`` that is not a positive finite number)
+is read as a corrupt record: ``FoundLock.record`` is None and ``FoundLock.problem`` says why. Its
+age still comes from the store's timestamp, which a live holder's heartbeat renews whatever the
+content, so :mod:`geor_core.run_lock` can treat it as held until that age passes a TTL. A local
+lock path that is a directory is refused with a message (it is never deleted).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import tempfile
 import time
@@ -35,6 +43,10 @@ from typing import Any, Protocol
 from fsspec.asyn import sync
 
 from geor_core import uris
+from geor_core.errors import UserFacingError
+
+MAX_RECORD_BYTES = 64 * 1024  # a record is ~200 bytes; anything far larger is not one
+MAX_OWNER_CHARS = 200  # of a holder's name, as shown to others
 
 
 @dataclass(frozen=True)
@@ -52,20 +64,49 @@ class LockRecord:
         return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> LockRecord | None:
-        """The record, or None when the bytes are not one (garbled, foreign, half-written)."""
+    def from_bytes(cls, data: bytes) -> LockRecord:
+        """The record; :class:`CorruptRecord`, saying why, when the bytes are not one (garbled,
+        foreign, half-written, or with values no live holder writes)."""
+        if len(data) > MAX_RECORD_BYTES:
+            raise CorruptRecord(f"{len(data)} bytes, more than a lock record's {MAX_RECORD_BYTES}")
         try:
             fields = json.loads(data)
-            return cls(
-                owner=str(fields["owner"]),
+        except RecursionError:
+            raise CorruptRecord("JSON nested too deeply") from None
+        except ValueError:  # UnicodeDecodeError too
+            raise CorruptRecord("not JSON") from None
+        if not isinstance(fields, dict):
+            raise CorruptRecord(f"a JSON {type(fields).__name__}, not an object")
+        try:
+            record = cls(
+                owner=str(fields["owner"])[:MAX_OWNER_CHARS],
                 token=str(fields["token"]),
-                acquired_at=float(fields["acquired_at"]),
-                heartbeat_at=float(fields["heartbeat_at"]),
+                acquired_at=_time(fields, "acquired_at"),
+                heartbeat_at=_time(fields, "heartbeat_at"),
                 ttl_s=float(fields["ttl_s"]),
                 beats=int(fields.get("beats", 0)),
             )
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
+        except KeyError as exc:
+            raise CorruptRecord(f"no {exc.args[0]!r}") from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise CorruptRecord(str(exc)) from None
+        if not (math.isfinite(record.ttl_s) and record.ttl_s > 0):
+            raise CorruptRecord(f"ttl_s {fields['ttl_s']!r} is not a positive number of seconds")
+        return record
+
+
+class CorruptRecord(ValueError):
+    """The bytes where a lock lives are not a lock record; the message says why."""
+
+
+def _time(fields: dict[str, Any], name: str) -> float:
+    """A record's timestamp, which must name a date (it is shown as one)."""
+    value = float(fields[name])
+    try:
+        datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"{name} {fields[name]!r} is not a time") from None
+    return value
 
 
 @dataclass(frozen=True)
@@ -75,6 +116,15 @@ class FoundLock:
     record: LockRecord | None  # None: the object there is not a readable lock record
     version: str
     age_s: float  # seconds since its last renewal, on the store's clock
+    problem: str = ""  # why ``record`` is None
+
+    @classmethod
+    def of(cls, data: bytes, version: str, age_s: float) -> FoundLock:
+        """The lock read as ``data``: its record, or None and the problem with it."""
+        try:
+            return cls(LockRecord.from_bytes(data), version, age_s)
+        except CorruptRecord as exc:
+            return cls(None, version, age_s, str(exc))
 
 
 class LockStore(Protocol):
@@ -127,8 +177,11 @@ class LocalLockStore:
             return None
 
     def create(self, body: bytes) -> str | None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, staging = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, staging = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent)
+        except OSError as exc:
+            raise UserFacingError(f"cannot create the lock {self.path}: {exc}") from exc
         try:
             os.fchmod(fd, 0o644)  # others must read the record to name the holder
             os.write(fd, body)
@@ -150,11 +203,16 @@ class LocalLockStore:
         try:
             with open(self.path, "rb") as handle:
                 stat = os.fstat(handle.fileno())
-                data = handle.read()
+                data = handle.read(MAX_RECORD_BYTES + 1)
         except FileNotFoundError:
             return None
+        except IsADirectoryError:
+            raise UserFacingError(
+                f"the lock path {self.path} is a directory, not a lock file; point the lock elsewhere "
+                "(retrain.lock) or remove that directory if nothing in it is needed"
+            ) from None
         age_s = max(0.0, time.time() - stat.st_mtime)
-        return FoundLock(LockRecord.from_bytes(data), _inode_version(stat), age_s)
+        return FoundLock.of(data, _inode_version(stat), age_s)
 
     def take_over(self, stale: FoundLock, ttl_s: float, body: bytes) -> str | None:
         with self._guard():
@@ -230,7 +288,7 @@ class S3LockStore:
     async def _get(self) -> tuple[dict[str, Any], bytes]:
         response = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self.key)
         try:
-            return response, await response["Body"].read()
+            return response, await response["Body"].read(MAX_RECORD_BYTES + 1)
         finally:
             response["Body"].close()
 
@@ -242,7 +300,7 @@ class S3LockStore:
         date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
         now = parsedate_to_datetime(date) if date else datetime.now(UTC)
         age_s = max(0.0, (now - response["LastModified"]).total_seconds())
-        return FoundLock(LockRecord.from_bytes(data), response["ETag"], age_s)
+        return FoundLock.of(data, response["ETag"], age_s)
 
     def _put_if_match(self, version: str, body: bytes) -> str | None:
         try:

@@ -10,8 +10,9 @@ user ships, so ``greedy_metrics`` gives the field's metrics beside it; ``complet
 turns any completions (greedy or sampled) into those metrics.
 
 Rows are prepared rows (``geor prepare``): ``image``, ``lat``, ``lon``, ``country_code``,
-``state``, ``city``. A photo that cannot be loaded is not scored; it is counted in
-``unreadable_rows`` beside the result, never dropped silently.
+``state``, ``city``. Photos are decoded down to ``model.max_pixels`` (geor_core.images). A photo
+that cannot be loaded (missing, undecodable, over ``model.max_image_pixels``) is not scored; it is
+counted in ``unreadable_rows`` beside the result, never dropped silently.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def sampled_reward(
     ``reward`` (default ``cfg.reward``); ``batch_size`` rows per generate call (None: all)."""
     if samples_per_row < 1:
         raise ValueError(f"samples_per_row must be >= 1, got {samples_per_row!r}")
-    readable, images, unreadable = _readable(rows)
+    readable, images, unreadable = _readable(rows, cfg)
     if not images:
         raise ValueError(f"none of the {rows.num_rows} rows has a readable photo: no sampled reward")
     truth = _repeated_truth(readable, samples_per_row)
@@ -130,7 +131,7 @@ def sampled_reward(
 
 def greedy_metrics(model: Any, processor: Any, rows: pa.Table, cfg: GeorConfig) -> dict[str, Any]:
     """The field's metrics of greedy completions (at most ``grpo.max_completion_length`` tokens)."""
-    readable, images, unreadable = _readable(rows)
+    readable, images, unreadable = _readable(rows, cfg)
     completions = generate(model, processor, images, max_new_tokens=cfg.grpo.max_completion_length)
     return {**completion_metrics(completions, readable), "unreadable_rows": unreadable}
 
@@ -157,15 +158,16 @@ def _repeated_truth(rows: pa.Table, copies: int) -> dict[str, list]:
     return {name: rows.column(name).to_pylist() * copies for name in TRUTH_COLUMNS}
 
 
-def _readable(rows: pa.Table) -> tuple[pa.Table, list[Image.Image], int]:
-    """(the rows whose photo loads, those photos, how many did not load)."""
+def _readable(rows: pa.Table, cfg: GeorConfig) -> tuple[pa.Table, list[Image.Image], int]:
+    """(the rows whose photo loads, those photos decoded down to ``model.max_pixels``, how many did
+    not load)."""
     if "image" not in rows.column_names:
         raise ValueError(f"the rows lack column 'image'; they have {rows.column_names}")
     kept, images = [], []
     for index, uri in enumerate(rows.column("image").to_pylist()):
         try:
-            images.append(load_image(str(uri)))
-        except (OSError, ValueError):  # missing or undecodable: counted by the caller's result
+            images.append(load_image(str(uri), cfg.model))
+        except (OSError, ValueError):  # missing, undecodable or too large: counted by the caller's result
             continue
         kept.append(index)
     return rows.take(pa.array(kept, pa.int64())), images, rows.num_rows - len(kept)

@@ -4,7 +4,17 @@ Tables are CSV (UTF-8, a BOM allowed, quoted fields; ``.csv``, ``.csv.gz``, ``.t
 (``.parquet``, ``.pq``), local or ``s3://`` (fsspec; an S3-compatible endpoint from
 ``AWS_ENDPOINT_URL``), or a directory of such files (e.g. sharded inference output). Ids are
 compared as text with surrounding spaces removed; an empty id, or an id twice in either table,
-is an error that names the offending ids.
+is an error that names the offending ids. Ids are never normalised: an id column of
+floating-point numbers (a Parquet ``double``, e.g. integer ids that went through a pandas column
+with a missing value) is an error naming the table, the column and its type, since ``1.0``
+would never match the text ``"1"``; write ids as text or integers.
+
+A CSV line with more or fewer fields than the header is a malformed row: it is left out of its
+table (never shifted into other columns) and ``score_files`` reports it in ``n_malformed_rows``
+(per table) and ``malformed_rows`` (a sample: table, file, line, reason ``extra_fields`` or
+``missing_fields``); `geor score` then ends with exit code 3. A malformed truth row is not in
+``n_truth_rows``; the truth row of a malformed prediction row counts as ``no_prediction_row``.
+``read_table`` without a ``malformed`` list refuses such a file instead.
 
 Predictions are either numeric columns (``pred_lat_col``/``pred_lon_col``) or a text column
 parsed with the one rule of geor_core.parse. Every truth row is scored once:
@@ -25,6 +35,8 @@ Predictions that name country / state / city (parsed text, or columns ``country`
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
 from typing import Any
 
@@ -66,10 +78,12 @@ def score_files(
     lat_col: str = "lat",
     lon_col: str = "lon",
 ) -> dict[str, Any]:
-    """Read both tables and score them (see ``score_tables``); the result names both URIs."""
+    """Read both tables and score them (see ``score_tables``); the result names both URIs and
+    counts the malformed CSV rows left out of each table."""
+    malformed: dict[str, list[dict[str, Any]]] = {"predictions": [], "truth": []}
     result = score_tables(
-        read_table(predictions_uri),
-        read_table(truth_uri),
+        read_table(predictions_uri, malformed["predictions"]),
+        read_table(truth_uri, malformed["truth"]),
         id_col=id_col,
         pred_lat_col=pred_lat_col,
         pred_lon_col=pred_lon_col,
@@ -77,11 +91,21 @@ def score_files(
         lat_col=lat_col,
         lon_col=lon_col,
     )
-    return {**result, "predictions": predictions_uri, "truth": truth_uri}
+    sample = [{"table": table, **row} for table, rows in malformed.items() for row in rows]
+    return {
+        **result,
+        "predictions": predictions_uri,
+        "truth": truth_uri,
+        "n_malformed_rows": {table: len(rows) for table, rows in malformed.items()},
+        "malformed_rows": sample[:MAX_IDS_SHOWN],
+    }
 
 
-def read_table(uri: str) -> pd.DataFrame:
-    """A CSV or Parquet file, or a directory of them, as a DataFrame (CSV cells as str)."""
+def read_table(uri: str, malformed: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """A CSV or Parquet file, or a directory of them, as a DataFrame (CSV cells as str).
+
+    A CSV line whose field count differs from the header's is left out and described in
+    ``malformed`` (file, line, reason, fields, expected) when a list is given; else it is an error."""
     try:
         fs, path = uris.filesystem(uri)
         if fs.isdir(path):
@@ -90,31 +114,60 @@ def read_table(uri: str) -> pd.DataFrame:
             ]
             if not files:
                 raise UserFacingError(f"{uri} is a directory without .csv or .parquet files")
-            return pd.concat([_read_file(fs, f, uri) for f in files], ignore_index=True)
+            tables = [_read_file(fs, f, uris.join(uri, f.rsplit("/", 1)[-1]), malformed) for f in files]
+            return pd.concat(tables, ignore_index=True)
         if not fs.exists(path):
             raise UserFacingError(f"{uri} does not exist")
-        return _read_file(fs, path, uri)
+        return _read_file(fs, path, uri, malformed)
     except UserFacingError:
         raise
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+    except (OSError, ValueError, csv.Error) as exc:
         raise UserFacingError(f"cannot read {uri}: {exc}") from exc
 
 
-def _read_file(fs: Any, path: str, uri: str) -> pd.DataFrame:
+def _read_file(fs: Any, path: str, uri: str, malformed: list[dict[str, Any]] | None) -> pd.DataFrame:
     lower = path.lower()
     if lower.endswith(_PARQUET_SUFFIXES):
         with fs.open(path, "rb") as handle:
             return pd.read_parquet(handle)
     if lower.endswith(_CSV_SUFFIXES):
         with fs.open(path, "rb", compression="infer") as handle:
-            return pd.read_csv(
-                handle,
-                dtype=str,
-                keep_default_na=False,  # "NA" (Namibia) stays text; empty cells stay ""
-                encoding="utf-8-sig",  # a BOM must not end up in the first column's name
-                sep="\t" if lower.endswith(".tsv") else ",",
-            )
+            # a BOM must not end up in the first column's name; newline="" lets csv read quoted newlines
+            text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+            return _read_csv(text, "\t" if lower.endswith(".tsv") else ",", uri, malformed)
     raise UserFacingError(f"{uri}: unknown table format, expected .csv, .csv.gz, .tsv, .parquet or .pq")
+
+
+def _read_csv(
+    text: io.TextIOBase, delimiter: str, file: str, malformed: list[dict[str, Any]] | None
+) -> pd.DataFrame:
+    """Every cell as text, as written ("NA" stays text, an empty cell stays ""); blank lines are
+    skipped and a line with the wrong number of fields is malformed (see ``read_table``)."""
+    reader = csv.reader(text, delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+        raise UserFacingError(f"{file} is empty: no header line")
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise UserFacingError(f"{file}: column {duplicated[0]!r} appears more than once in the header")
+    rows = []
+    for row in reader:
+        if len(row) == len(header):
+            rows.append(row)
+        elif row and any(cell.strip() for cell in row):  # a blank line is no row
+            bad = {
+                "file": file,
+                "line": reader.line_num,
+                "reason": "extra_fields" if len(row) > len(header) else "missing_fields",
+                "fields": len(row),
+                "expected": len(header),
+            }
+            if malformed is None:
+                raise UserFacingError(
+                    f"{file} line {bad['line']}: {bad['fields']} fields where the header has {bad['expected']}"
+                )
+            malformed.append(bad)
+    return pd.DataFrame(rows, columns=header, dtype=str)
 
 
 def score_tables(
@@ -197,6 +250,14 @@ def _require_columns(table: pd.DataFrame, which: str, columns: list[str]) -> Non
 
 
 def _unique_ids(values: pd.Series, which: str, id_col: str) -> np.ndarray:
+    floats = [v for v in values if isinstance(v, float | np.floating) and not np.isnan(v)]
+    if pd.api.types.is_float_dtype(values.dtype) or floats:
+        example = f", e.g. {floats[0]!r}" if floats else ""
+        raise UserFacingError(
+            f"the {which} table's {id_col!r} column holds floating-point numbers "
+            f"(type {values.dtype}{example}); ids are compared as text, so 1.0 would never match "
+            "'1': write the ids as text or integers"
+        )
     ids = np.array([_id_text(v) for v in values], dtype=object)
     empty = np.flatnonzero(ids == "")
     if empty.size:
@@ -287,6 +348,9 @@ def format_table(result: dict[str, Any]) -> str:
     rows.append(("n_truth_invalid", result["n_truth_invalid"]))
     rows += [(f"  {reason}", count) for reason, count in result["truth_invalid_reasons"].items()]
     rows.append(("n_unmatched_predictions", result["n_unmatched_predictions"]))
+    if "n_malformed_rows" in result:  # `geor score` (read from files) only
+        rows.append(("n_malformed_rows", sum(result["n_malformed_rows"].values())))
+        rows += [(f"  {table}", count) for table, count in result["n_malformed_rows"].items() if count]
     return "\n".join(f"{name:<26}{value}" for name, value in rows)
 
 

@@ -4,9 +4,11 @@ The same construction runs inside each Ray Train worker (tasks/sft.py) and bare 
 (benchmarks/sft.py), so the two measure the same work. Choices:
 
 - Rows come from a `geor prepare` output as an Arrow table of id, image URI and CoR target (text
-  only, a few hundred bytes a row); images are decoded per batch by a dataset transform, never
-  held in memory. TRL sees a vision dataset (an ``image`` column), skips its own preprocessing and
-  collates prompt + completion through the processor, with loss on the completion only.
+  only, a few hundred bytes a row); images are decoded per batch by a dataset transform, straight
+  down to ``model.max_pixels`` (geor_core.images), never held in memory. A photo over
+  ``model.max_image_pixels`` ends training with an error naming it, as a missing photo does.
+  TRL sees a vision dataset (an ``image`` column), skips its own preprocessing and collates
+  prompt + completion through the processor, with loss on the completion only.
 - Gradient checkpointing is off (TRL turns it on by default; 25% slower on CPU, DESIGN.md).
 - DeepSpeed from ``deepspeed_config``; fp32 on CPU, bf16 on GPU. Nothing is reported to
   MLflow by the Trainer itself (``report_to="none"``): the caller adds its own rank-0 callback.
@@ -14,11 +16,12 @@ The same construction runs inside each Ray Train worker (tasks/sft.py) and bare 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
 
-from geor_core.config import GeorConfig, TrainingConfig
+from geor_core.config import GeorConfig, ModelConfig, TrainingConfig
 from geor_core.deepspeed_config import deepspeed_config
 from geor_core.images import load_image
 from geor_core.prompts import assistant_turn, user_turn
@@ -34,20 +37,21 @@ def per_device_batch_size(stage: TrainingConfig) -> int:
     return stage.global_batch_size // (stage.num_workers * stage.gradient_accumulation_steps)
 
 
-def _examples(batch: dict[str, list]) -> dict[str, list]:
+def _examples(batch: dict[str, list], model: ModelConfig) -> dict[str, list]:
     return {
         "prompt": [user_turn() for _ in batch["target"]],
         "completion": [assistant_turn(text) for text in batch["target"]],
-        "image": [load_image(uri) for uri in batch["image"]],
+        "image": [load_image(uri, model) for uri in batch["image"]],
     }
 
 
-def sft_dataset(table: pa.Table) -> Any:
-    """A map-style dataset over ``table`` (id, image URI, target) whose rows decode their image on access."""
+def sft_dataset(table: pa.Table, model: ModelConfig) -> Any:
+    """A map-style dataset over ``table`` (id, image URI, target) whose rows decode their image on
+    access, straight down to ``model.max_pixels`` (geor_core.images)."""
     import datasets
 
     dataset = datasets.Dataset(table.select(SFT_COLUMNS))
-    dataset.set_transform(_examples)
+    dataset.set_transform(partial(_examples, model=model))
     return dataset
 
 
@@ -112,8 +116,8 @@ def build_sft_trainer(
     return SFTTrainer(
         model=model,
         args=sft_arguments(cfg, output_dir, has_eval=has_eval),
-        train_dataset=sft_dataset(train_table),
-        eval_dataset=sft_dataset(eval_table) if has_eval else None,
+        train_dataset=sft_dataset(train_table, cfg.model),
+        eval_dataset=sft_dataset(eval_table, cfg.model) if has_eval else None,
         processing_class=processor,
         callbacks=callbacks or [],
     )

@@ -19,6 +19,7 @@ from geor_core import uris
 
 RUNNING = "running"
 COMPLETE = "complete"
+RECORDS_DIR = "pipeline"  # <root>/pipeline/<stage>.json
 
 
 def stage_key(stage: str, settings: dict[str, Any], upstream: dict[str, str]) -> str:
@@ -40,7 +41,7 @@ class StageRecord:
 
 
 def record_uri(root: str, stage: str) -> str:
-    return uris.join(root, "pipeline", f"{stage}.json")
+    return uris.join(root, RECORDS_DIR, f"{stage}.json")
 
 
 def read_record(root: str, stage: str) -> StageRecord | None:

@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from geor_core.config import ConfigError, GeorConfig, SweepConfig, build_config
+from geor_core.config import ConfigError, GeorConfig, SweepConfig, build_config, load_yaml
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
 NOT_SWEEPABLE = {
@@ -143,11 +142,7 @@ def load_space(source: str) -> SearchSpace:
                 f"unknown space {source!r}; shipped spaces: {', '.join(shipped_spaces())} (or a YAML path)"
             )
         text = candidate.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"space {source!r} is not valid YAML: {exc}") from exc
-    return parse_space(data, source)
+    return parse_space(load_yaml(text, f"space {source!r}"), source)
 
 
 def parse_space(data: Any, source: str) -> SearchSpace:

@@ -7,13 +7,19 @@
   variables to put in a Ray runtime_env). The run ends FAILED when the body raises.
 - Every run carries ``geor.stage``, ``geor.config_hash`` and ``geor.code_version``, plus the
   caller's ``geor.data_fingerprint`` / ``geor.upstream.*`` tags. Config values and tags whose key
-  names a secret are never logged.
+  names a secret are never logged, and every URI in a param, tag or message is logged with its
+  credentials masked (``uris.redact_uri``); only ``tracking_env`` hands on the real URI, so that
+  Ray workers can connect.
+- A file store (``file:///...`` or a plain path), which MLflow 3 refuses unless
+  ``MLFLOW_ALLOW_FILE_STORE=true``, is a one-line error naming stores that work
+  (``sqlite:///path/mlflow.db`` or an ``http://`` server).
 - ``MetricLogger`` logs every ``tracking.log_every_n_steps`` steps, asynchronously: one HTTP
   call per step costs about 0.7 s here.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import sys
@@ -22,6 +28,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from geor_core import uris
 from geor_core.config import GeorConfig, flat_params, is_secret_key
@@ -35,11 +42,30 @@ PARENT_RUN_ENV = "GEOR_PARENT_RUN_ID"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 MAX_TAG_CHARS = 5000
+ALLOW_FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
+# MLflow prints "View run ... at: <tracking URI>/..." when a run ends; off when the URI has credentials.
+SUPPRESS_URL_PRINTING_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
 def tracking_uri(cfg: GeorConfig) -> str:
-    """The tracking URI in force: ``cfg.tracking.uri``, else ``MLFLOW_TRACKING_URI``, else ""."""
-    return cfg.tracking.uri or os.environ.get(TRACKING_URI_ENV, "")
+    """The tracking URI in force: ``cfg.tracking.uri``, else ``MLFLOW_TRACKING_URI``, else "".
+
+    A file store MLflow would refuse is a :class:`UserFacingError` naming stores that work."""
+    uri = cfg.tracking.uri or os.environ.get(TRACKING_URI_ENV, "")
+    _refuse_file_store(uri)
+    return uri
+
+
+def _refuse_file_store(uri: str) -> None:
+    scheme = urlsplit(uri).scheme
+    is_file_store = bool(uri) and (scheme in ("", "file") or len(scheme) == 1)  # C:/... is a path
+    allowed = os.environ.get(ALLOW_FILE_STORE_ENV, "").strip().lower() in ("true", "1")
+    if is_file_store and not allowed:
+        raise UserFacingError(
+            f"MLflow tracking URI {uris.redact_uri(uri)!r} (tracking.uri or {TRACKING_URI_ENV}) is a file "
+            "store, which MLflow 3 refuses; use a database store such as sqlite:///path/to/mlflow.db or a "
+            f"tracking server such as http://127.0.0.1:5000 (or set {ALLOW_FILE_STORE_ENV}=true)"
+        )
 
 
 def parent_run_id(cfg: GeorConfig) -> str:
@@ -75,7 +101,9 @@ def lineage_tags(cfg: GeorConfig, stage: str, extra: Mapping[str, Any] | None = 
         "geor.config_hash": cfg.fingerprint(),
         "geor.code_version": code_version(),
     }
-    tags.update({key: str(value)[:MAX_TAG_CHARS] for key, value in scrub(extra or {}).items()})
+    tags.update(
+        {key: uris.redact_uri(str(value))[:MAX_TAG_CHARS] for key, value in scrub(extra or {}).items()}
+    )
     return tags
 
 
@@ -86,19 +114,36 @@ def _require_reachable(uri: str) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+        with urllib.request.urlopen(_health_request(uri), timeout=5):
             return
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise UserFacingError(
-            f"MLflow tracking server {uri} is not reachable ({exc}); start it, or unset "
-            f"tracking.uri and {TRACKING_URI_ENV} to run without tracking"
-        ) from exc
+            uris.redact_uri(
+                f"MLflow tracking server {uri} is not reachable ({exc}); start it, or unset "
+                f"tracking.uri and {TRACKING_URI_ENV} to run without tracking"
+            )
+        ) from None  # the chained exception would show the URI with its credentials
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET <server>/health; ``user:password@`` in the URI becomes a basic-auth header (as MLflow's
+    own client sends it), since urllib cannot connect to a URL with credentials in it."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rpartition("@")[2]
+    url = urlunsplit((parts.scheme, netloc, f"{parts.path.rstrip('/')}/health", "", ""))
+    headers = {}
+    if "@" in parts.netloc:
+        credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        headers["Authorization"] = f"Basic {base64.b64encode(credentials.encode()).decode()}"
+    return urllib.request.Request(url, headers=headers)
 
 
 def _client(uri: str) -> MlflowClient:
     import mlflow
 
     _require_reachable(uri)
+    if uris.redact_uri(uri) != uri:  # credentials in the URI: MLflow must not print it
+        os.environ[SUPPRESS_URL_PRINTING_ENV] = "true"
     mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient(uri)
 
@@ -114,7 +159,7 @@ def _experiment_id(client: MlflowClient, cfg: GeorConfig, parent: str) -> str:
         except MlflowException as exc:
             raise UserFacingError(
                 f"parent run {parent!r} (tracking.parent_run_id or {PARENT_RUN_ENV}) does not exist "
-                f"on {client.tracking_uri}: {exc.message}"
+                f"on {uris.redact_uri(client.tracking_uri)}: {uris.redact_uri(exc.message)}"
             ) from exc
     name = cfg.tracking.experiment
     experiment = client.get_experiment_by_name(name)
@@ -133,7 +178,7 @@ def _experiment_id(client: MlflowClient, cfg: GeorConfig, parent: str) -> str:
 
 
 def _failure_tag(exc: BaseException) -> dict[str, str]:
-    return {"geor.error": f"{type(exc).__name__}: {exc}"[:MAX_TAG_CHARS]}
+    return {"geor.error": uris.redact_uri(f"{type(exc).__name__}: {exc}")[:MAX_TAG_CHARS]}
 
 
 @contextmanager

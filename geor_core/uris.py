@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -177,10 +178,26 @@ def is_complete(uri_dir: str) -> bool:
 
 
 def remove_tree(uri: str) -> None:
-    """Delete a file or a whole directory / prefix; nothing there is not an error."""
+    """Delete a file or a whole directory / prefix; nothing there is not an error.
+
+    Callers delete only in folders they own (geor_core/ownership.py); as a last guard this never
+    deletes a filesystem root, the home folder, the working directory or a folder above it, or a
+    whole bucket."""
     fs, path = filesystem(uri)
+    if _too_wide_to_delete(fs, path):
+        raise ValueError(f"refusing to delete {uri}: a root, home or working folder, or a whole bucket")
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def _too_wide_to_delete(fs: AbstractFileSystem, path: str) -> bool:
+    if not _is_local(fs):
+        return "/" not in path.strip("/")
+    real = os.path.realpath(path)
+    cwd = os.path.realpath(os.getcwd())
+    return real in (os.sep, os.path.realpath(os.path.expanduser("~"))) or (cwd + os.sep).startswith(
+        real.rstrip(os.sep) + os.sep
+    )
 
 
 def copy_to_local(uri: str, local_dir: str | Path) -> Path:
@@ -232,3 +249,43 @@ def pyarrow_filesystem(uri: str) -> tuple[Any, str]:
     if _is_local(fs):
         return pafs.LocalFileSystem(), path
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+# Query parameters whose values are credentials (matched as parts of the lowercased name, so
+# ``access_token``, ``X-Amz-Signature``, ``api_key`` and ``sig`` all count).
+_SECRET_QUERY_WORDS = ("token", "key", "secret", "passw", "signature", "credential", "sig", "auth")
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{},]+")
+REDACTED = "***"
+
+
+def redact_uri(text: str) -> str:
+    """``text`` (a URI, or a message with URIs in it) with every URI's credentials masked: the
+    password of ``user:password@`` (a lone ``user@``, often a token, is masked whole) and the
+    values of query parameters named like a token, key, secret, password or signature.
+
+    ``https://alice:s3cr3t@host/x?token=abc&n=1`` -> ``https://alice:***@host/x?token=***&n=1``.
+    Use it wherever a URI is logged or printed; the unredacted URI is only for connecting."""
+    return _URI_IN_TEXT.sub(lambda match: _redact_one(match.group(0)), text)
+
+
+def _redact_one(uri: str) -> str:
+    scheme, _, rest = uri.partition("://")
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:{REDACTED}@{host}" if has_password else f"{REDACTED}@{host}"
+    path, has_query, query = tail.partition("?")
+    if has_query:
+        query, has_fragment, fragment = query.partition("#")
+        query = "&".join(_redact_parameter(item) for item in query.split("&"))
+        tail = f"{path}?{query}" + (f"#{fragment}" if has_fragment else "")
+    return f"{scheme}://{netloc}{tail}"
+
+
+def _redact_parameter(item: str) -> str:
+    name, has_value, _ = item.partition("=")
+    words = re.split(r"[^a-z0-9]+", name.lower())
+    secret = any(word.startswith(_SECRET_QUERY_WORDS) or word.endswith(_SECRET_QUERY_WORDS) for word in words)
+    return f"{name}={REDACTED}" if has_value and secret else item

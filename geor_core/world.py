@@ -37,6 +37,7 @@ from PIL import Image
 
 from geor_core import uris
 from geor_core.gazetteer import lookup, settlements
+from geor_core.ownership import claim_output
 
 STATES_PER_COUNTRY = 6
 MIN_PLACES_PER_STATE = 10
@@ -176,7 +177,9 @@ def build_world(output: str, spec: WorldSpec, overwrite: bool = False) -> dict:
     """Write the world's JPEGs, ``manifest.csv`` and completion marker under ``output`` (local or s3://).
 
     A complete world with the same spec is kept as it is (returned with ``"skipped": True``); a
-    complete world with another spec needs ``overwrite``. Returns the marker's payload.
+    complete world with another spec needs ``overwrite``. The output is claimed first
+    (geor_core/ownership.py: a non-empty folder geor did not write is refused), and only the
+    world's own entries (marker, ``manifest.csv``, ``images/``) are replaced. Returns the marker's payload.
     """
     payload = {"kind": "geor-world", **asdict(spec)}
     marker = uris.read_marker(output)
@@ -187,7 +190,7 @@ def build_world(output: str, spec: WorldSpec, overwrite: bool = False) -> dict:
             f"{output} already holds another world ({ {k: marker.get(k) for k in asdict(spec)} }); "
             "choose another output or overwrite it (geor make-world --overwrite)"
         )
-    uris.remove_tree(output)
+    claim_output(output, "make-world").remove(uris.MARKER_NAME, "manifest.csv", "images")
     places = choose_places(spec.countries, spec.seed)
     rows = draw_rows(places, spec)
     fs, root = uris.filesystem(output)

@@ -12,7 +12,9 @@ rest go through one Ray Data pipeline:
 
 Each ``Geolocator`` actor loads the model once and limits torch to its share of cores (fractional
 CPUs on a small machine: whole-CPU actors starve Ray Data's own tasks on 2 cores and the job
-hangs). A photo that cannot be loaded gets an empty completion and the reason, never a crash.
+hangs). Photos are decoded one at a time, straight down to ``model.max_pixels`` (geor_core.images),
+so an actor's memory does not grow with the photos' size. A photo that cannot be loaded (missing,
+undecodable, over ``model.max_image_pixels``) gets an empty completion and the reason, never a crash.
 The driver collects completions by shard; as soon as a shard has all its rows it builds the
 shard's predictions table (the caller's ``build``, Ray-free) and writes it, then the marker.
 Rows in = rows written: a lost or doubled row is an error, not a silent gap.
@@ -92,6 +94,7 @@ class Geolocator:
         device = "cpu" if settings.gpus_per_actor == 0 and model.device == "auto" else None
         self.model = load_model(model, device=device)
         self.processor = load_processor(model)
+        self.model_config = model  # the pixel bounds each photo is decoded down to
         self.settings = settings
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -99,9 +102,9 @@ class Geolocator:
         from geor_core.images import load_image
 
         images, errors = [], []
-        for uri in batch["image"]:
+        for uri in batch["image"]:  # one photo decoded at a time, straight down to model.max_pixels
             try:
-                images.append(load_image(str(uri)))
+                images.append(load_image(str(uri), self.model_config))
                 errors.append("")
             except Exception as exc:  # a bad photo is reported in its row, never a failed job
                 images.append(None)
@@ -134,7 +137,8 @@ def inference_fingerprint(cfg: GeorConfig, model_source: str, **inputs: Any) -> 
     material = {
         "model": model_source,
         "loading": {
-            k: getattr(cfg.model, k) for k in ("dtype", "min_pixels", "max_pixels", "attn_implementation")
+            k: getattr(cfg.model, k)
+            for k in ("dtype", "min_pixels", "max_pixels", "max_image_pixels", "attn_implementation")
         },
         "prompt": INSTRUCTION,
         "generation": {

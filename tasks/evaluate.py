@@ -13,6 +13,9 @@ Output layout (local or s3://)::
     error_cdf.png                               one curve per model
     _SUCCESS.json                               written last: the comparison and where things are
 
+The output is claimed first (geor_core/ownership.py): a folder geor did not write, or one that
+is or holds the data or a model, is refused; only the entries above are ever deleted there.
+
 Metrics are computed by `geor score`'s code (geor_core.evaluation_report). Rows come from the
 prepared data's ``eval.splits`` in that order, the first ``eval.max_rows`` of each (0: all).
 A re-run skips every finished prediction shard and rebuilds the report.
@@ -54,10 +57,12 @@ from geor_core.evaluation_report import (
     model_report,
 )
 from geor_core.lineage import data_fingerprint
+from geor_core.ownership import claim_output
 from geor_core.predictions import PREPARED_TRUTH, evaluation_predictions
 from geor_core.published import BENCHMARKS, detect_benchmark
 from geor_core.sampled_reward import SAMPLING_SEED
 from geor_core.scoring import read_table
+from geor_core.shards import MARKERS_DIR
 from tasks.batch_inference import (
     Geolocator,
     InferenceRun,
@@ -70,6 +75,8 @@ from tasks.training_run import check_model_source
 
 INPUT_COLUMNS = ["id", "split", "image", *dict.fromkeys(PREPARED_TRUTH.values())]
 _LABEL_RE = re.compile(r"^([A-Za-z0-9][\w.\-]{0,63})=(.+)$")
+MODELS_DIR = "models"
+REPORT_ENTRIES = (MODELS_DIR, "comparison.md", "comparison.json", "error_cdf.png")  # + the marker
 
 
 @dataclass
@@ -133,9 +140,17 @@ def evaluation_rows(data_uri: str, splits: list[str], max_rows: int) -> pa.Table
 
 
 def run_evaluate(
-    cfg: GeorConfig, data_uri: str, models: list[str], output_uri: str, benchmark: str | None = None
+    cfg: GeorConfig,
+    data_uri: str,
+    models: list[str],
+    output_uri: str,
+    benchmark: str | None = None,
+    *,
+    overwrite: bool = False,
 ) -> EvaluateResult:
-    """Evaluate every model on the same rows and write the report under ``output_uri``."""
+    """Evaluate every model on the same rows and write the report under ``output_uri``, claimed
+    first (geor_core/ownership.py: refused when geor did not write it, or when it is or holds the
+    data or a model). ``overwrite``: delete the report's own entries first (no shard is reused)."""
     if not models:
         raise UserFacingError("no model given: pass --model URI (repeat it to compare models)")
     if benchmark is not None and benchmark not in BENCHMARKS:
@@ -146,7 +161,12 @@ def run_evaluate(
     rows = evaluation_rows(data_uri, list(cfg.eval.splits), cfg.eval.max_rows)
     manifest = str(require_prepared(data_uri).get("manifest", ""))
     benchmark = benchmark or detect_benchmark(data_uri, manifest)
-    uris.remove_tree(uris.join(output_uri, uris.MARKER_NAME))  # a crash never leaves an old marker
+    inputs = {"data": data_uri, **{f"model {label}": source for label, source in labelled}}
+    legacy = (uris.MARKER_NAME, f"{MODELS_DIR}/*/predictions/{MARKERS_DIR}")
+    owned = claim_output(output_uri, "evaluate", inputs=inputs, legacy=legacy)
+    owned.remove(uris.MARKER_NAME)  # first: a crash never leaves an old marker
+    if overwrite:
+        owned.remove(*REPORT_ENTRIES)
     fingerprint_of_data = data_fingerprint(data_uri)
     tags = {
         "geor.data_fingerprint": fingerprint_of_data,
@@ -184,7 +204,7 @@ def run_evaluate(
 
 
 def _model_dir(output_uri: str, label: str) -> str:
-    return uris.join(output_uri, "models", label)
+    return uris.join(output_uri, MODELS_DIR, label)
 
 
 def _evaluate_model(

@@ -57,7 +57,9 @@ def grpo_worker_loop(config: dict[str, Any]) -> None:
     cfg = setup.cfg
     train = read_prepared(config["data_uri"], "train", GRPO_COLUMNS)
     val = read_prepared(config["data_uri"], "val", GRPO_COLUMNS).slice(0, cfg.grpo.val_rows)
-    pool = RewardActorPool(cfg.reward, cfg.grpo.reward_actors, cfg.grpo.reward_actor_cpus)
+    pool = RewardActorPool(
+        cfg.reward, cfg.grpo.reward_actors, cfg.grpo.reward_actor_cpus, timeout_s=cfg.grpo.reward_timeout_s
+    )
     trainer, board = build_grpo_trainer(
         cfg,
         setup.model,

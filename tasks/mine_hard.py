@@ -16,7 +16,9 @@ mined data still validates on the same rows. Output layout (local or s3://)::
     _SUCCESS.json          written last: the stats, the radius, the model, the source data
 
 A complete output made with the same model, data and settings is skipped; another one is an
-error unless ``overwrite``. `geor sft` / `geor grpo` accept the output as ``--data``.
+error unless ``overwrite``. The output is claimed first (geor_core/ownership.py: refused when geor
+did not write it, or when it is or holds the model), and only the entries above are replaced.
+`geor sft` / `geor grpo` accept the output as ``--data``.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ from geor_core.dataset import (
 )
 from geor_core.errors import UserFacingError
 from geor_core.lineage import data_fingerprint
+from geor_core.ownership import claim_output
 from geor_core.predictions import evaluation_predictions
 from geor_core.scoring import read_table
+from geor_core.shards import MARKERS_DIR
 from tasks.batch_inference import InferenceRun, inference_fingerprint, ray_scope, run_sharded_inference
 from tasks.evaluate import INPUT_COLUMNS
 from tasks.training_run import check_model_source
@@ -76,6 +80,12 @@ def run_mine_hard(
         raise UserFacingError(f"--radius-km: got {radius_km!r}, must be > 0")
     require_prepared(data_uri)
     check_model_source(model)
+    owned = claim_output(
+        output_uri,
+        "mine-hard",
+        inputs={"data": data_uri, "model": model},
+        legacy=(uris.MARKER_NAME, f"{PREDICTIONS_DIR}/{MARKERS_DIR}"),
+    )
     source_fingerprint = data_fingerprint(data_uri)
     fingerprint = inference_fingerprint(cfg, model, data=source_fingerprint, task="mine-hard")
     settings = {"fingerprint": fingerprint, "radius_km": radius_km, "max_rows": cfg.eval.max_rows}
@@ -87,8 +97,7 @@ def run_mine_hard(
             f"{output_uri} is already a complete mine-hard output made with other settings "
             f"({done.get('settings')}); pass --overwrite to replace it, or choose another --output"
         )
-    for entry in (uris.MARKER_NAME, DATA_DIR, STATS_FILE):  # the marker first: never over new files
-        uris.remove_tree(uris.join(output_uri, entry))
+    owned.remove(uris.MARKER_NAME, DATA_DIR, STATS_FILE)  # the marker first: never over new files
 
     pool = read_prepared(data_uri, MINED_SPLIT, INPUT_COLUMNS)
     if pool.num_rows == 0:

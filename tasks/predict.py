@@ -8,7 +8,9 @@ Output layout (local or s3://)::
     world_map.png                the predicted points over the gazetteer's settlements
     _SUCCESS.json                written last: counts and where things are
 
-``eval.max_rows`` limits the photos (0: all); a re-run skips finished shards. MLflow: a
+``eval.max_rows`` limits the photos (0: all); a re-run skips finished shards. The output is
+claimed first (geor_core/ownership.py): a folder geor did not write, or one that is or holds the
+photos or the model, is refused. MLflow: a
 ``predict`` run with the counts, the map and the predictions URI as ``geor.predictions_uri``.
 """
 
@@ -22,9 +24,11 @@ import pyarrow as pa
 
 from geor_core import plots, tracking, uris
 from geor_core.config import GeorConfig
+from geor_core.ownership import claim_output
 from geor_core.photo_inputs import list_photos
 from geor_core.predictions import photo_predictions
 from geor_core.scoring import read_table
+from geor_core.shards import MARKERS_DIR
 from tasks.batch_inference import InferenceRun, inference_fingerprint, ray_scope, run_sharded_inference
 from tasks.evaluate import log_png
 from tasks.training_run import check_model_source
@@ -47,10 +51,22 @@ def run_predict(
 ) -> PredictResult:
     """Geolocate every photo of ``images`` (a folder or a manifest) with ``model``."""
     check_model_source(model)
-    photos = list_photos(images, id_col=id_col, image_col=image_col)
+    photos = list_photos(
+        images,
+        id_col=id_col,
+        image_col=image_col,
+        allowed_schemes=cfg.prepare.allowed_schemes,
+        images_root=cfg.prepare.images_root,
+    )
     if cfg.eval.max_rows:
         photos = photos.slice(0, cfg.eval.max_rows)
-    uris.remove_tree(uris.join(output_uri, uris.MARKER_NAME))
+    owned = claim_output(
+        output_uri,
+        "predict",
+        inputs={"images": images, "model": model},
+        legacy=(uris.MARKER_NAME, f"predictions/{MARKERS_DIR}"),
+    )
+    owned.remove(uris.MARKER_NAME)  # first: a crash never leaves an old marker
     predictions_uri = uris.join(output_uri, "predictions")
     fingerprint = inference_fingerprint(cfg, model, task="predict")
 

@@ -36,7 +36,8 @@ from geor_core import tracking, uris  # noqa: E402
 from geor_core.config import GeorConfig, PrepareConfig  # noqa: E402
 from geor_core.cor_rows import RowRules  # noqa: E402
 from geor_core.dataset import DATA_DIR, REJECTS_DIR, output_stats, read_rejects  # noqa: E402
-from geor_core.manifest import ManifestFile, list_manifest_files  # noqa: E402
+from geor_core.image_refs import ReferenceRule, reference_rule  # noqa: E402
+from geor_core.manifest import ManifestFile, list_manifest_files, manifest_folder  # noqa: E402
 from geor_core.manifest import manifest_fingerprint as manifest_fingerprint_of  # noqa: E402
 from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block  # noqa: E402
 from geor_core.prepare_output import check_settings, clear_output, finish_output, finished_stats  # noqa: E402
@@ -97,11 +98,12 @@ def run_prepare(cfg: GeorConfig) -> PrepareOutcome:
     check_settings(prepare)
     started = time.monotonic()
     files = list_manifest_files(prepare.manifest)
+    images = _reference_rules(prepare, files)  # a bad prepare.allowed_schemes fails here, before Ray
     manifest_fingerprint = manifest_fingerprint_of(files)
     finished = finished_stats(prepare, manifest_fingerprint)
     if finished is not None:
         return PrepareOutcome(finished, skipped=True)
-    clear_output(prepare.output)
+    clear_output(prepare)
     lineage = {"geor.data_fingerprint": manifest_fingerprint, "geor.upstream.manifest": prepare.manifest}
     with tracking.stage_run(cfg, "prepare", tags=lineage) as run:
         clock = {"start": started}
@@ -110,7 +112,7 @@ def run_prepare(cfg: GeorConfig) -> PrepareOutcome:
         try:
             scan = scan_manifest(files, prepare)
             clock["scanned"] = time.monotonic()
-            _run_pipeline(scan, prepare, _rules(prepare, manifest_fingerprint))
+            _run_pipeline(scan, prepare, _rules(prepare, manifest_fingerprint), images)
             clock["written"] = time.monotonic()
         finally:
             if started_ray:
@@ -149,16 +151,22 @@ def _rules(prepare: PrepareConfig, manifest_fingerprint: str) -> RowRules:
     )
 
 
-def _image_base(prepare: PrepareConfig, file: ManifestFile) -> str:
-    base = prepare.images_root or file.folder
-    return base if uris.is_s3(base) or "://" in base else uris.filesystem(base)[1]
+def _reference_rules(prepare: PrepareConfig, files: list[ManifestFile]) -> list[ReferenceRule]:
+    """Each file's reference rule: relative references joined to ``prepare.images_root``, else the
+    file's folder; local ones kept inside the manifest's folder or ``prepare.images_root``."""
+    roots = (manifest_folder(prepare.manifest), prepare.images_root)
+    return [
+        reference_rule(prepare.allowed_schemes, prepare.images_root or file.folder, roots) for file in files
+    ]
 
 
-def _run_pipeline(scan: ManifestScan, prepare: PrepareConfig, rules: RowRules) -> None:
+def _run_pipeline(
+    scan: ManifestScan, prepare: PrepareConfig, rules: RowRules, images: list[ReferenceRule]
+) -> None:
     job = PrepareJob(
         files=tuple(
-            FileContext(uri=file.uri, roles=roles, image_base=_image_base(prepare, file))
-            for file, roles in zip(scan.files, scan.roles, strict=True)
+            FileContext(uri=file.uri, roles=roles, images=file_images)
+            for file, roles, file_images in zip(scan.files, scan.roles, images, strict=True)
         ),
         rules=rules,
         rejects_uri=uris.join(prepare.output, REJECTS_DIR),

@@ -1,7 +1,7 @@
 """Pass 1 of `geor prepare`, on Ray: count every manifest file's rows and settle duplicate ids.
 
 One task per manifest file reads it with the same reader as the main pass (so row numbers
-agree), resolves its column roles, counts rows and malformed lines and hashes its ids. The
+agree), resolves its column roles, counts rows and bad lines and hashes its ids. The
 driver keeps 9 bytes per row (33 at the peak, while sorting) to find repeated hashes; a second,
 small round of tasks fetches the ids of only those rows, so duplicates are decided on the
 strings (geor_core/dedupe.py).
@@ -40,7 +40,7 @@ class ManifestScan:
 
     files: list[ManifestFile]
     roles: list[ColumnRoles | None]  # by file index
-    rows_in: int  # well-formed rows + malformed lines
+    rows_in: int  # well-formed rows + bad lines (malformed, not UTF-8, too large)
     columns: tuple[str, ...]  # every file's columns, in first-seen order
     duplicate_rows: dict[int, np.ndarray]  # file index -> sorted row indices of repeated ids
 

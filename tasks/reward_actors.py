@@ -6,14 +6,19 @@ the process that needs rewards (a Ray Train worker), splits a batch into one con
 per actor, submits every chunk at once, gathers the parts in order and concatenates them, so
 the result equals ``score_completions`` on the whole batch element for element (scoring is
 row-wise). A dead actor (killed, crashed, its worker gone) is replaced by a fresh one and its
-chunk resubmitted, at most ``max_retries`` times per chunk, then :class:`RewardPoolError` names
-the chunk; nothing is lost or reordered. An error raised by the scoring itself (a bad config,
-say) is not a dead actor: it reaches the caller unchanged and is not retried.
+chunk resubmitted, and so is a hung one: when a chunk has no answer ``timeout_s`` after it was
+submitted (``grpo.reward_timeout_s``; a resubmission gets ``start_timeout_s`` on top, as its
+fresh actor first loads the gazetteer), the hang is logged with the chunk's bounds, the actor
+killed and the chunk resubmitted. At most ``max_retries`` resubmissions per chunk (deaths and
+hangs together), then :class:`RewardPoolError` names the chunk; nothing is lost or reordered.
+An error raised by the scoring itself (a bad config, say) is not a dead actor: it reaches the
+caller unchanged and is not retried.
 
-    pool = RewardActorPool(cfg.reward, cfg.grpo.reward_actors, cfg.grpo.reward_actor_cpus)
+    pool = RewardActorPool(cfg.reward, cfg.grpo.reward_actors, cfg.grpo.reward_actor_cpus,
+                           timeout_s=cfg.grpo.reward_timeout_s)
     scores = pool.score(completions, lat, lon, country_code, state, city)  # dict of float64 arrays
     scores = await pool.score_async(...)  # the same, for TRL's async reward functions
-    pool.stats()  # batches, completions, parse_failures, retries, actors_replaced, wait_seconds
+    pool.stats()  # batches, completions, parse_failures, retries, timeouts, actors_replaced, ...
     pool.close()
 
 Actors take fractional CPUs (``grpo.reward_actor_cpus``; on 2 cores a whole CPU each starves
@@ -25,9 +30,11 @@ there is no text), so only strings travel.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +60,10 @@ _WARM_UP_ANSWER = (
 
 
 class RewardPoolError(RuntimeError):
-    """A chunk could not be scored: its actors kept dying, or the actors never started."""
+    """A chunk could not be scored: its actors kept dying or hanging, or the actors never started."""
+
+
+log = logging.getLogger(__name__)
 
 
 @ray.remote
@@ -96,10 +106,11 @@ class ScoringJob:
     refs: list[Any]  # ObjectRef of chunk i's scores
     actors: list[Any]  # the actor handle chunk i was last submitted to
     attempts: list[int]
+    submitted: list[float]  # time.monotonic() when chunk i's current attempt was submitted
 
 
 class RewardActorPool:
-    """A fixed number of RewardActors scoring batches in parallel; dead actors are replaced."""
+    """A fixed number of RewardActors scoring batches in parallel; dead and hung actors are replaced."""
 
     def __init__(
         self,
@@ -109,6 +120,7 @@ class RewardActorPool:
         *,
         max_retries: int = 3,
         start_timeout_s: float = 120.0,
+        timeout_s: float = 120.0,
     ) -> None:
         if not isinstance(num_actors, int) or num_actors < 1:
             raise ValueError(f"num_actors (grpo.reward_actors) must be an integer >= 1, got {num_actors!r}")
@@ -116,11 +128,14 @@ class RewardActorPool:
             raise ValueError(f"cpus_per_actor (grpo.reward_actor_cpus) must be > 0, got {cpus_per_actor!r}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s (grpo.reward_timeout_s) must be > 0, got {timeout_s!r}")
         self.reward_cfg = reward_cfg if reward_cfg is not None else RewardConfig()
         self.num_actors = num_actors
         self.cpus_per_actor = float(cpus_per_actor)
         self.max_retries = max_retries
         self.start_timeout_s = start_timeout_s
+        self.timeout_s = float(timeout_s)
         self._actors: list[Any] = []
         self._closed = False
         self._counters = {
@@ -128,6 +143,7 @@ class RewardActorPool:
             "completions": 0,
             "parse_failures": 0,
             "retries": 0,
+            "timeouts": 0,
             "actors_replaced": 0,
             "wait_seconds": 0.0,
         }
@@ -183,34 +199,50 @@ class RewardActorPool:
         ]
         actors = self._actors[: len(bounds)]
         refs = [actor.score.remote(*args) for actor, args in zip(actors, chunk_args, strict=True)]
+        submitted = [time.monotonic()] * len(bounds)
         self._counters["wait_seconds"] += time.perf_counter() - started
-        return ScoringJob(n, bounds, chunk_args, refs, list(actors), [1] * len(bounds))
+        return ScoringJob(n, bounds, chunk_args, refs, list(actors), [1] * len(bounds), submitted)
 
     def gather(self, job: ScoringJob) -> dict[str, np.ndarray]:
-        """Wait for every chunk of ``job`` (retrying those whose actor died) and concatenate them."""
+        """Wait for every chunk of ``job`` (retrying those whose actor died or hung) and concatenate them."""
         started = time.perf_counter()
-        parts = []
-        for i in range(len(job.bounds)):
-            while True:
+        parts: dict[int, dict[str, np.ndarray]] = {}
+        while len(parts) < len(job.bounds):
+            waiting = {job.refs[i]: i for i in range(len(job.bounds)) if i not in parts}
+            refs = list(waiting)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=self._wait_s(job, waiting.values()))
+            if ready:  # and whatever else is ready by now, so that none of it is taken for hung
+                ready += ray.wait(refs, num_returns=len(refs), timeout=0)[0]
+            for ref in set(ready):
                 try:
-                    parts.append(ray.get(job.refs[i]))
-                    break
+                    parts[waiting[ref]] = ray.get(ref)
                 except DEAD_ACTOR_ERRORS as exc:
-                    self._resubmit(job, i, exc)
-        return self._finish(job, parts, started)
+                    self._resubmit(job, waiting[ref], exc)
+            self._resubmit_overdue(job, parts)
+        return self._finish(job, [parts[i] for i in range(len(job.bounds))], started)
 
     async def gather_async(self, job: ScoringJob) -> dict[str, np.ndarray]:
         """``gather`` for an event loop: awaits the chunks instead of blocking the thread."""
         started = time.perf_counter()
-        parts = []
-        for i in range(len(job.bounds)):
-            while True:
+        parts: dict[int, dict[str, np.ndarray]] = {}
+        futures: dict[Any, asyncio.Future] = {}  # an ObjectRef's asyncio future, made once per ref
+        while len(parts) < len(job.bounds):
+            waiting = {}
+            for i in range(len(job.bounds)):
+                if i not in parts:
+                    if job.refs[i] not in futures:
+                        futures[job.refs[i]] = asyncio.wrap_future(job.refs[i].future())
+                    waiting[futures[job.refs[i]]] = i
+            done, _ = await asyncio.wait(
+                waiting, timeout=self._wait_s(job, waiting.values()), return_when=asyncio.FIRST_COMPLETED
+            )
+            for future in done:
                 try:
-                    parts.append(await job.refs[i])
-                    break
+                    parts[waiting[future]] = future.result()
                 except DEAD_ACTOR_ERRORS as exc:
-                    self._resubmit(job, i, exc)
-        return self._finish(job, parts, started)
+                    self._resubmit(job, waiting[future], exc)
+            self._resubmit_overdue(job, parts)
+        return self._finish(job, [parts[i] for i in range(len(job.bounds))], started)
 
     def score(
         self,
@@ -241,7 +273,8 @@ class RewardActorPool:
 
     def stats(self) -> dict[str, float]:
         """Counters since creation: batches, completions, parse_failures, retries (chunks resubmitted),
-        actors_replaced, wait_seconds (time callers spent in submit and gather), and the pool's size."""
+        timeouts (attempts given up on because their actor hung), actors_replaced, wait_seconds (time
+        callers spent in submit and gather), and the pool's size."""
         return {**self._counters, "num_actors": self.num_actors, "cpus_per_actor": self.cpus_per_actor}
 
     def close(self) -> None:
@@ -257,15 +290,21 @@ class RewardActorPool:
         return RewardActor.options(**options).remote(self.reward_cfg)
 
     def _resubmit(self, job: ScoringJob, i: int, error: Exception) -> None:
-        """Chunk i's actor died: replace it (unless that happened already) and send the chunk again."""
+        """Chunk i's actor died or hung: replace it (unless that happened already) and send the chunk
+        again. A hung actor is killed at once, so that it holds no CPU and no later batch waits on it."""
         start, stop = job.bounds[i]
+        chunk = f"reward chunk {i + 1} of {len(job.bounds)} (completions {start}..{stop - 1} of a batch of {job.n})"
         if self._closed:
             raise RewardPoolError("this RewardActorPool was closed while a batch was being scored") from error
+        reason = f"{type(error).__name__}: {error}"
+        if isinstance(error, TimeoutError):  # the actor is alive but hung
+            reason = f"{error} (grpo.reward_timeout_s)"
+            log.warning("%s: %s on attempt %d; killing its reward actor", chunk, reason, job.attempts[i])
+            ray.kill(job.actors[i])
+            self._counters["timeouts"] += 1
         if job.attempts[i] > self.max_retries:
             raise RewardPoolError(
-                f"reward chunk {i + 1} of {len(job.bounds)} (completions {start}..{stop - 1} of a batch "
-                f"of {job.n}) failed on {job.attempts[i]} actors in a row; last error: "
-                f"{type(error).__name__}: {error}"
+                f"{chunk} failed on {job.attempts[i]} actors in a row; last error: {reason}"
             ) from error
         if self._actors[i] is job.actors[i]:  # another caller may have replaced it already
             ray.kill(job.actors[i])
@@ -273,8 +312,28 @@ class RewardActorPool:
             self._counters["actors_replaced"] += 1
         job.actors[i] = self._actors[i]
         job.refs[i] = job.actors[i].score.remote(*job.chunk_args[i])
+        job.submitted[i] = time.monotonic()
         job.attempts[i] += 1
         self._counters["retries"] += 1
+
+    def _resubmit_overdue(self, job: ScoringJob, parts: dict[int, dict[str, np.ndarray]]) -> None:
+        """Resubmit every unfinished chunk whose actor has not answered in time (a hung actor)."""
+        for i in range(len(job.bounds)):
+            if i not in parts and self._time_left(job, i) <= 0:
+                limit = self._limit_s(job.attempts[i])
+                self._resubmit(job, i, TimeoutError(f"no answer within {limit:.0f} s"))
+
+    def _limit_s(self, attempt: int) -> float:
+        """How long attempt ``attempt`` (1-based) of a chunk may take; a resubmission goes to an actor
+        that may still be starting (loading the gazetteer), which gets ``start_timeout_s`` on top."""
+        return self.timeout_s + (self.start_timeout_s if attempt > 1 else 0.0)
+
+    def _time_left(self, job: ScoringJob, i: int) -> float:
+        return job.submitted[i] + self._limit_s(job.attempts[i]) - time.monotonic()
+
+    def _wait_s(self, job: ScoringJob, chunks: Iterable[int]) -> float:
+        """How long to wait for any of ``chunks``: until the first of them is overdue."""
+        return max(0.0, min(self._time_left(job, i) for i in chunks))
 
     def _finish(
         self, job: ScoringJob, parts: list[dict[str, np.ndarray]], started: float

@@ -14,7 +14,9 @@
   (every trial's summary) and, at the end, ``best_config.yaml``. Re-running the same command
   resumes the experiment (``Tuner.restore``): finished and failed trials are kept, unfinished ones
   run again (their GRPO resumes from its own checkpoints). Re-running with another config or space
-  is refused (``--overwrite`` starts over).
+  is refused (``--overwrite`` starts over, deleting only those entries). The output is claimed
+  before Ray starts (geor_core/ownership.py): a folder geor did not write, or one that is or holds
+  the data or the start model, is refused.
 - At the end: the best trial (highest, or lowest, objective at its last validation, among the
   trials that finished; among all that reported when none did) gives ``best_config.yaml``, its
   full config, which `geor grpo --config` accepts unchanged (``grpo.output`` is the best trial's own
@@ -33,9 +35,10 @@ from typing import Any
 from geor_core import uris
 from geor_core.config import ConfigError, GeorConfig, flat_params
 from geor_core.errors import UserFacingError
+from geor_core.ownership import OwnedOutput, check_output, claim_output
 from geor_core.sweep_space import SearchSpace, check_space, objective_of, trial_config
-from tasks.sweep_trial import TrialSetup, grpo_trial, read_trial_record, trial_output
-from tasks.training_run import check_training_inputs
+from tasks.sweep_trial import TRIALS_DIR, TrialSetup, grpo_trial, read_trial_record, trial_output
+from tasks.training_run import MODEL_DIR, RAY_DIR, check_training_inputs
 
 STATE_FILE = "sweep.json"
 BEST_CONFIG = "best_config.yaml"
@@ -107,6 +110,7 @@ def check_sweep(cfg: GeorConfig, space: SearchSpace, *, overwrite: bool = False)
     """Everything that can be wrong before a trial starts: the objective, the space's values, the
     data and start model, the cluster's room for the trials, and (unless ``overwrite``) a sweep
     with other settings already at the output."""
+    check_output(cfg.sweep.output, "sweep", **_ownership(cfg))  # before Ray starts; nothing written
     objective_of(cfg.sweep)
     check_space(space, cfg, cfg.sweep.search)
     if cfg.sweep.scheduler == "asha":
@@ -116,6 +120,12 @@ def check_sweep(cfg: GeorConfig, space: SearchSpace, *, overwrite: bool = False)
     state = None if overwrite else read_state(cfg.sweep.output)
     if state is not None:
         _check_same_sweep(state, cfg, space)
+
+
+def _ownership(cfg: GeorConfig) -> dict[str, Any]:
+    """How ``sweep.output`` is claimed (geor_core/ownership.py): refused when geor did not write
+    it, or when it is or holds the data or the start model; an older sweep has its ``sweep.json``."""
+    return {"inputs": {"data": cfg.data.dataset, "model": cfg.model.name_or_path}, "legacy": (STATE_FILE,)}
 
 
 def check_sweep_resources(cfg: GeorConfig, space: SearchSpace) -> None:
@@ -254,8 +264,9 @@ def run_sweep(
     output = cfg.sweep.output
     objective = objective_of(cfg.sweep).name
     check_sweep(cfg, space, overwrite=overwrite)
+    owned = claim_output(output, "sweep", **_ownership(cfg))
     if overwrite:
-        uris.remove_tree(output)
+        owned.remove(STATE_FILE, RESULT_FILE, BEST_CONFIG, TUNE_DIR, TRIALS_DIR)
     uris.write_text(
         uris.join(output, STATE_FILE),
         json.dumps({**_resume_key(cfg, space), "parent_run_id": parent_run_id}, indent=2) + "\n",
@@ -303,7 +314,7 @@ def run_sweep(
     if result.best is not None:
         result.best_config_uri = _write_best_config(base, result.best, output)
         if not cfg.sweep.keep_checkpoints:
-            result.deleted_checkpoints = _delete_checkpoints(trials, result.best)
+            result.deleted_checkpoints = _delete_checkpoints(owned, trials, result.best)
     uris.write_text(
         uris.join(output, RESULT_FILE), json.dumps(result.to_dict(), indent=2, default=str) + "\n"
     )
@@ -368,15 +379,16 @@ def _write_best_config(base: dict[str, Any], best: TrialSummary, output: str) ->
     return uri
 
 
-def _delete_checkpoints(trials: list[TrialSummary], best: TrialSummary) -> list[str]:
-    """Remove the GRPO checkpoints (``ray/``) and exports (``model/``) of every trial but ``best``."""
+def _delete_checkpoints(owned: OwnedOutput, trials: list[TrialSummary], best: TrialSummary) -> list[str]:
+    """Remove the GRPO checkpoints (``ray/``) and exports (``model/``) of every trial but ``best``,
+    inside the sweep's own output only."""
     deleted = []
     for trial in trials:
         if trial.trial_id == best.trial_id:
             continue
-        for part in ("ray", "model"):
-            uri = uris.join(trial.output, part)
-            if uris.exists(uri):
-                uris.remove_tree(uri)
-                deleted.append(uri)
+        for part in (RAY_DIR, MODEL_DIR):
+            entry = f"{TRIALS_DIR}/{trial.trial_id}/{part}"
+            if uris.exists(uris.join(owned.uri, entry)):
+                owned.remove(entry)
+                deleted.append(uris.join(trial.output, part))
     return deleted

@@ -29,10 +29,12 @@ from typing import Any
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from geor_core import uris
+from geor_core.ownership import claim_output
 from geor_core.sweep_space import trial_config, validation_metrics
 from geor_core.tracking import parent_run, tracking_uri
 
 TRIAL_RECORD = "trial.json"
+TRIALS_DIR = "trials"
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class TrialSetup:
 
 def trial_output(output_uri: str, trial_id: str) -> str:
     """Where trial ``trial_id`` of the sweep at ``output_uri`` writes."""
-    return uris.join(output_uri, "trials", trial_id)
+    return uris.join(output_uri, TRIALS_DIR, trial_id)
 
 
 def read_trial_record(output_uri: str, trial_id: str) -> dict[str, Any] | None:
@@ -105,7 +107,11 @@ def grpo_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     os.environ.update(setup.env)
     trial_id = tune.get_context().get_trial_id()
     output = trial_output(setup.output_uri, trial_id)
-    record = read_trial_record(setup.output_uri, trial_id) or {"attempts": 0}
+    record = read_trial_record(setup.output_uri, trial_id)
+    # the trial's folder is GRPO's output: claimed for it before trial.json goes in (an older
+    # geor's trial folder is known by its trial.json)
+    claim_output(output, "grpo", adopt=record is not None)
+    record = record or {"attempts": 0}
     record.update(
         trial_id=trial_id,
         params=params,

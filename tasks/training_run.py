@@ -17,8 +17,11 @@ from geor_core.dataset import require_prepared
 from geor_core.deepspeed_config import deepspeed_config
 from geor_core.errors import UserFacingError
 from geor_core.models import resolve_source
+from geor_core.ownership import check_output, claim_output
 from geor_core.tracking import log_dataset, stage_run, tracking_env
 from tasks.training_worker import FAULT_STEP_ENV
+
+RAY_DIR = "ray"  # Ray Train's storage: <output>/ray/<stage>/
 
 
 def scaling_config(stage: TrainingConfig) -> Any:
@@ -54,7 +57,7 @@ def run_config(
     extra Ray Train callbacks (a sweep trial's Tune reporter)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    fs, path = uris.pyarrow_filesystem(uris.join(output_uri, "ray"))
+    fs, path = uris.pyarrow_filesystem(uris.join(output_uri, RAY_DIR))
     if not uris.is_s3(output_uri):
         path = str(Path(path).resolve())
     return RunConfig(
@@ -148,15 +151,24 @@ def launch_training(
 ) -> TrainingResult:
     """Run ``worker_loop`` on a Ray Train TorchTrainer for ``stage`` ("sft" or "grpo"), inside the
     stage's MLflow run; skip when ``<output>/model`` is complete; resume when checkpoints exist.
+    The output is checked before Ray starts and claimed for the stage after the inputs are
+    (geor_core/ownership.py: refused when geor did not write it, or when it is or holds the data or
+    the model); ``overwrite`` then deletes only what the stage writes there (``ray/``, ``model/``).
     ``callbacks``: extra Ray Train callbacks for the RunConfig (a sweep trial's Tune reporter)."""
     export_uri = uris.join(output_uri, MODEL_DIR)
-    if overwrite:
-        uris.remove_tree(output_uri)
-    done = uris.read_marker(export_uri)
+    ownership = {
+        "inputs": {"data": data_uri, "model": model_uri},
+        "legacy": (f"{MODEL_DIR}/{uris.MARKER_NAME}", f"{RAY_DIR}/{stage}"),
+    }
+    check_output(output_uri, stage, **ownership)
+    done = None if overwrite else uris.read_marker(export_uri)
     if done is not None:
         print(f"geor {stage}: {export_uri} is complete (step {done.get('global_step')}); skipped")
         return TrainingResult(export_uri, True, int(done.get("global_step", 0)), 0, done.get("metrics", {}))
     check_training_inputs(cfg, stage, data_uri, model_uri)
+    owned = claim_output(output_uri, stage, **ownership)
+    if overwrite:
+        owned.remove(MODEL_DIR, RAY_DIR)
     from ray.train.torch import TorchTrainer
 
     settings = getattr(cfg, stage)

@@ -46,7 +46,8 @@ def prepare_worker(config: dict[str, Any]) -> tuple[Any, Path]:
     context = ray.train.get_context()
     scratch = Path(config["scratch"])
     if context.get_local_rank() == 0:
-        shutil.rmtree(scratch, ignore_errors=True)  # stale checkpoints of a failed attempt
+        # the run's own scratch (a uuid-named temp folder from launch_training): a failed attempt's
+        shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
     if dist.is_initialized():
         dist.barrier()

@@ -31,6 +31,8 @@ from geor_core.scoring import read_table, score_files
 from tests.plugins.models import run_command
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# what `geor score` reports about reading its two files, beside the metrics
+FILE_KEYS = ("predictions", "truth", "n_malformed_rows", "malformed_rows")
 FAST = ["eval.max_new_tokens=96", "eval.batch_size=8", "eval.rows_per_shard=8"]
 PARIS, TOKYO, LAGOS, OSAKA = (48.8534, 2.3488), (35.6895, 139.69171), (6.45407, 3.39467), (34.69, 135.50)
 
@@ -125,7 +127,8 @@ def test_metrics_come_from_score_and_count_every_row(scored_table, tmp_path):
     theirs = score_files(
         str(path), str(path), text_col="completion", lat_col="truth_lat", lon_col="truth_lon"
     )
-    assert {k: v for k, v in theirs.items() if k not in ("predictions", "truth")} == ours
+    assert theirs["n_malformed_rows"] == {"predictions": 0, "truth": 0}
+    assert {k: v for k, v in theirs.items() if k not in FILE_KEYS} == ours
     assert ours["n"] == 4 and ours["n_missing"] == 1 and ours["acc_25km"] == 25.0
     assert ours["country_match_rate"] == level_summary(scored_table)["country_match_rate"]
 
@@ -244,7 +247,8 @@ def test_two_models_each_fully_reported_and_equal_to_geor_score(
             lat_col="truth_lat",
             lon_col="truth_lon",
         )
-        assert {k: v for k, v in same.items() if k not in ("predictions", "truth")} == report["metrics"]
+        assert same["n_malformed_rows"] == {"predictions": 0, "truth": 0}
+        assert {k: v for k, v in same.items() if k not in FILE_KEYS} == report["metrics"]
         val_rows = predictions[predictions["split"] == "val"]
         assert score_predictions(val_rows) == report["splits"]["val"]
         for name in ("error_cdf.png", "world_map.png", "per_country.png"):

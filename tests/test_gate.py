@@ -40,6 +40,7 @@ def gate_runs(ray_cluster, mlflow_server, tiny_model_dir, sft_checkpoint, prepar
             f"registry.model_name={name}",
             f"eval.max_rows={max_rows}",
             f"tracking.experiment={experiment}",
+            f"registry.lock={work / 'registry.lock'}",
         ]
         return load_config("test", [*overrides, *SETTINGS])
 

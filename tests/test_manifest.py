@@ -20,13 +20,13 @@ from geor_core.cor_rows import (
     OUTPUT_SCHEMA,
     RowRules,
     assign_splits,
-    image_uris,
     prepare_batch,
 )
 from geor_core.dataset import read_prepared, read_rejects, require_prepared
 from geor_core.dedupe import candidate_rows, duplicate_rows, hash_ids
 from geor_core.errors import UserFacingError
 from geor_core.image_check import IMAGE_MISSING, IMAGE_UNDECODABLE, check_images
+from geor_core.image_refs import reference_rule, resolve_references
 from geor_core.manifest import ColumnRoles, iter_batches, list_manifest_files, resolve_columns
 from geor_core.parse import parse_many
 from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block
@@ -174,15 +174,16 @@ def test_each_row_gets_the_first_reason_that_applies_and_good_rows_their_cor_tar
             ("p4", "  ", "1", "2"),
             ("p5", "e.jpg", "nan", "2"),
             ("p6", "f.jpg", "0", "0"),
-            ("p7", "/abs/g.jpg", "-33.8688", "151.2093"),  # Sydney
+            ("p7", "s3://other/g.jpg", "-33.8688", "151.2093"),  # Sydney
         ]
     )
     duplicate = np.array([False, False, True, False, False, False, False])
-    rows, reason = prepare_batch(table, ROLES, "s3://bucket/photos", RULES, duplicate)
+    images = reference_rule(["file", "s3"], "s3://bucket/photos", [])
+    rows, reason = prepare_batch(table, ROLES, images, RULES, duplicate)
     assert reason.tolist() == ["", MISSING_ID, DUPLICATE_ID, MISSING_IMAGE, "nan_lat", "null_island", ""]
     assert rows.schema == OUTPUT_SCHEMA
     assert rows["id"].to_pylist() == ["p1", "p7"]
-    assert rows["image"].to_pylist() == ["s3://bucket/photos/a.jpg", "/abs/g.jpg"]
+    assert rows["image"].to_pylist() == ["s3://bucket/photos/a.jpg", "s3://other/g.jpg"]
     assert rows["country_code"].to_pylist() == ["DE", "AU"]
     assert rows["state"].to_pylist() == ["Baden-Wuerttemberg", "New South Wales"]
     assert all(km < 25 for km in rows["settlement_km"].to_pylist())
@@ -194,14 +195,10 @@ def test_each_row_gets_the_first_reason_that_applies_and_good_rows_their_cor_tar
 
 
 def test_image_references_resolve_against_the_base_unless_absolute():
-    refs = pa.array(["a/b.jpg", "./c.jpg", "/x/d.jpg", "s3://b/e.jpg", "https://h/f.jpg"])
-    assert image_uris(refs, "/data/m/").to_pylist() == [
-        "/data/m/a/b.jpg",
-        "/data/m/c.jpg",
-        "/x/d.jpg",
-        "s3://b/e.jpg",
-        "https://h/f.jpg",
-    ]
+    refs = pa.array(["a/b.jpg", "./c.jpg", "/data/m/x/d.jpg", "s3://b/e.jpg", "https://h/f.jpg"])
+    uris, reasons = resolve_references(refs, reference_rule(["file", "s3"], "/data/m/", ["/data/m"]))
+    assert uris.to_pylist() == ["/data/m/a/b.jpg", "/data/m/c.jpg", "/data/m/x/d.jpg", "s3://b/e.jpg", ""]
+    assert reasons.tolist() == ["", "", "", "", "image_scheme_not_allowed"]
 
 
 def test_splits_are_stable_when_rows_are_added_and_follow_the_shares():
@@ -238,7 +235,7 @@ def test_image_checks_tell_missing_from_undecodable(tmp_path):
 
 
 def _job(tmp_path: Path, files, columns=("id", "image", "lat", "lon", "reason")) -> PrepareJob:
-    contexts = tuple(FileContext(f.uri, ROLES, f.folder) for f in files)
+    contexts = tuple(FileContext(f.uri, ROLES, reference_rule(["file"], f.folder, [f.folder])) for f in files)
     return PrepareJob(contexts, RULES, str(tmp_path / "out" / "rejects"), tuple(columns))
 
 

@@ -25,6 +25,7 @@ from geor_core.dataset import read_prepared, read_rejects
 from geor_core.errors import UserFacingError
 from geor_core.parse import parse_many
 from tasks.prepare import PrepareOutcome, run_prepare
+from tests.plugins.servers import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,11 +134,28 @@ def _write_broken_manifest(folder: Path) -> None:
     (folder / "d.jsonl").write_text(
         '{"id": "ok4", "image": "good.jpg", "lat": 35.6895, "lon": 139.6917}\n{broken\n'
     )
+    down = f"127.0.0.1:{free_port()}"  # nothing listens: http and ftp are listed, and fail per row
+    (folder / "e.csv").write_bytes(
+        f"id,image,lat,lon\nweb,http://{down}/x.jpg,48.7,9.1\nftp,ftp://{down}/x.jpg,48.7,9.1\n"
+        "gopher,gopher://h/x.jpg,48.7,9.1\nup,../outside.jpg,48.7,9.1\netc,/etc/passwd,48.7,9.1\n"
+        "nul,bad\0.jpg,48.7,9.1\n".encode()
+        + b"latin,caf\xe9.jpg,48.7,9.1\nbig,"
+        + b"x" * (2 << 20)
+        + b".jpg,48.7,9.1\n"
+    )
+
+
+def test_a_column_named_twice_stops_the_job_naming_it(ray_cluster, tmp_path):
+    (tmp_path / "m.csv").write_text("id,image,lat,lat,lon\na,a.jpg,1,2,3\n")
+    with pytest.raises(UserFacingError, match="m.csv has the column 'lat' more than once"):
+        _prepare(tmp_path / "m.csv", tmp_path / "out")
+    assert not (tmp_path / "out" / "data").exists()  # found in pass 1, before any row is written
 
 
 def test_a_broken_manifest_yields_every_reason_code(ray_cluster, tmp_path):
     _write_broken_manifest(tmp_path / "broken")
-    stats = _prepare(tmp_path / "broken", tmp_path / "out", "prepare.check_images=true").stats
+    schemes = "prepare.allowed_schemes=[file,s3,http,ftp]"
+    stats = _prepare(tmp_path / "broken", tmp_path / "out", "prepare.check_images=true", schemes).stats
     expected = {
         "missing_id": 1,
         "duplicate_id": 2,
@@ -154,10 +172,16 @@ def test_a_broken_manifest_yields_every_reason_code(ray_cluster, tmp_path):
         "image_missing": 1,
         "image_undecodable": 1,
         "malformed_line": 2,
+        "image_unreadable": 2,
+        "image_scheme_not_allowed": 1,
+        "image_outside_root": 2,
+        "image_path_invalid": 1,
+        "not_utf8": 1,
+        "field_too_large": 1,
     }
     assert stats["rejects_by_reason"] == expected
     assert set(expected) == set(REASON_CODES)  # the manifest exercises every reason there is
-    assert (stats["rows_in"], stats["rows_out"]) == (21, 4)
+    assert (stats["rows_in"], stats["rows_out"]) == (29, 4)
     rows = read_prepared(str(tmp_path / "out")).to_pandas().set_index("id")
     assert sorted(rows.index) == ["dup1", "ok1", "ok3", "ok4"]
     assert rows.loc["dup1", "lat"] == 48.70  # the first dup1 in manifest order (a.csv) is kept

@@ -58,7 +58,8 @@ def register_versions(client: Any, name: str, run_id: str, count: int) -> dict[s
 
 
 @pytest.fixture
-def tracking_env(mlflow_server, monkeypatch):
+def tracking_env(mlflow_server, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # storage.root (the registry lock's folder) is relative: keep it in tmp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.delenv("GEOR_PARENT_RUN_ID", raising=False)
     monkeypatch.setattr(sys, "argv", sys.argv[:1])  # flows.cli.main rewrites it

@@ -94,8 +94,10 @@ def test_new_rows_train_a_challenger_that_only_the_gate_can_promote(
     from geor_core.config import load_config
 
     cfg = load_config(
-        "test", [f"registry.model_name={tracked}", *GATE, *QUICK], {"storage.root": str(tmp_path / "root")}
-    )
+        "test",
+        [f"registry.model_name={tracked}", *GATE, *QUICK, f"prepare.images_root={world_dir}"],
+        {"storage.root": str(tmp_path / "root")},
+    )  # the new manifest names photos in world_dir: outside its own folder
     first = register_champion(cfg, sft_checkpoint.export_uri, prepared_world, tmp_path / "gate")
     manifest = new_manifest(world_dir, tmp_path / "new.csv", 120)
 
@@ -129,8 +131,10 @@ def test_a_better_model_is_promoted_through_retrain(
     from geor_core.config import load_config
 
     cfg = load_config(
-        "test", [f"registry.model_name={tracked}", *GATE], {"storage.root": str(tmp_path / "root")}
-    )
+        "test",
+        [f"registry.model_name={tracked}", *GATE, f"prepare.images_root={world_dir}"],
+        {"storage.root": str(tmp_path / "root")},
+    )  # the new manifest names photos in world_dir: outside its own folder
     first = register_champion(cfg, str(tiny_model_dir), prepared_world, tmp_path / "gate")  # untrained: weak
     manifest = new_manifest(world_dir, tmp_path / "new.csv", 40)
     result = run_retrain(dataclass_replace(cfg, challenger=sft_checkpoint.export_uri), str(manifest))

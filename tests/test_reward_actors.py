@@ -1,12 +1,16 @@
 """The reward actor pool (tasks/reward_actors.py): geor_core's exact numbers through Ray, garbage
-included, with dead actors replaced and their chunks retried so that no batch is lost."""
+included, with dead and hung actors replaced and their chunks retried so that no batch is lost."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,6 +224,81 @@ def test_a_chunk_whose_actors_keep_dying_fails_with_its_name(make_pool):
     ):
         pool.score(completions, truth["truth_lat"], truth["truth_lon"])
     assert pool.stats()["retries"] == 1 and pool.stats()["actors_replaced"] == 1
+
+
+class ConfigThatHangsItsScorer:
+    """A reward config whose ``mode`` hangs the actor reading it: only the first one to read it when
+    ``marker`` is given (an actor on a cluster node that stops answering), every one otherwise."""
+
+    def __init__(self, marker: Path | None = None) -> None:
+        fields = asdict(RewardConfig(w_country=0.0, w_state=0.0, w_city=0.0))
+        fields.pop("mode")
+        self.__dict__.update(fields, test_pid=os.getpid(), marker=marker)
+
+    @property
+    def mode(self) -> str:
+        if os.getpid() != self.test_pid and (self.marker is None or first_to_make(self.marker)):
+            while True:
+                time.sleep(60)
+        return "product"
+
+
+def first_to_make(path: Path) -> bool:
+    """Whether this call created ``path`` (atomically: one process of many wins)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("gather", ["sync", "async"])
+def test_a_hung_actor_is_killed_and_its_chunk_resubmitted(make_pool, tmp_path, caplog, gather):
+    completions, truth = mixed_batch(40, seed=7)  # 20 + 20 over 2 actors; one of them hangs
+    lat_lon = truth["truth_lat"], truth["truth_lon"]
+    expected = score_completions(
+        completions, *lat_lon, cfg=RewardConfig(w_country=0.0, w_state=0.0, w_city=0.0)
+    )
+    timeout_s = 2.0
+    pool = make_pool(
+        ConfigThatHangsItsScorer(tmp_path / "hung"), 2, timeout_s=timeout_s, start_timeout_s=60.0
+    )
+    pool.start()
+    before = pool.actors
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="tasks.reward_actors"):
+        if gather == "sync":
+            got = pool.score(completions, *lat_lon)
+        else:
+            got = asyncio.run(pool.score_async(completions, *lat_lon))
+    elapsed = time.monotonic() - started
+    assert_same_scores(got, expected)  # every row, in order
+    assert timeout_s <= elapsed < timeout_s + 30, elapsed  # waited for the timeout, then a fresh actor
+    stats = pool.stats()
+    assert (stats["timeouts"], stats["retries"], stats["actors_replaced"]) == (1, 1, 1)
+    (hung,) = [actor for actor in before if actor not in pool.actors]
+    wait_until_dead(hung)  # killed, not left sleeping on a CPU
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "tasks.reward_actors"]
+    assert re.fullmatch(
+        r"reward chunk [12] of 2 \(completions (0\.\.19|20\.\.39) of a batch of 40\): no answer within 2 s "
+        r"\(grpo\.reward_timeout_s\) on attempt 1; killing its reward actor",
+        warning,
+    ), warning
+
+
+def test_a_chunk_whose_actors_keep_hanging_fails_with_its_name(make_pool):
+    completions, truth = mixed_batch(6, seed=8)
+    pool = make_pool(ConfigThatHangsItsScorer(), 1, max_retries=0, timeout_s=1.0)
+    pool.start()
+    (actor,) = pool.actors
+    with pytest.raises(
+        RewardPoolError,
+        match=r"reward chunk 1 of 1 \(completions 0\.\.5 of a batch of 6\) failed on 1 actors in a row; "
+        r"last error: no answer within 1 s \(grpo\.reward_timeout_s\)",
+    ):
+        pool.score(completions, truth["truth_lat"], truth["truth_lon"])
+    assert pool.stats()["timeouts"] == 1 and pool.stats()["retries"] == 0
+    wait_until_dead(actor)
 
 
 def test_a_scoring_error_reaches_the_caller_unretried_and_close_kills_the_actors(make_pool):

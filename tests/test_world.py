@@ -13,11 +13,14 @@ from PIL import Image
 
 from flows.cli import main
 from geor_core.gazetteer import lookup
+from geor_core.ownership import RECORD_NAME
 from geor_core.world import MARKER_PX, STATES_PER_COUNTRY, WorldSpec, build_world, choose_places
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The world's files (not the ownership record, which holds the time it was claimed)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != RECORD_NAME)
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
 def _pixels(root: Path, manifest: pd.DataFrame) -> np.ndarray:
