@@ -8,7 +8,7 @@ photos, prepared with `geor prepare`. The untrained model writes ``--max-new-tok
 every photo, so every row costs the same. Then, over the same rows and model:
 
 - ``single_process``: a fresh process imports torch, loads the model and loops over batches
-  (load the images, ``geor_core.generation.generate``, parse), with torch at ``--threads``
+  (load the images, ``geor_core.training.generation.generate``, parse), with torch at ``--threads``
   threads (default 1: on this tiny model more threads are slower, under load much slower);
   seconds are wall time from process start to exit;
 - ``ray_data``: tasks.batch_inference.run_sharded_inference (the path `geor evaluate` takes:
@@ -89,11 +89,11 @@ def single_process_child(
     import torch
 
     from geor_core.config import ModelConfig
-    from geor_core.dataset import read_prepared
-    from geor_core.generation import generate
-    from geor_core.images import load_image
-    from geor_core.models import load_model, load_processor
-    from geor_core.parse import parse_many
+    from geor_core.data.dataset import read_prepared
+    from geor_core.data.images import load_image
+    from geor_core.geo.parse import parse_many
+    from geor_core.training.generation import generate
+    from geor_core.training.model_loading import load_model, load_processor
 
     torch.set_num_threads(threads)
     rows = read_prepared(prepared, columns=["image"]).column("image").to_pylist()
@@ -139,7 +139,7 @@ def single_process(model_dir: str, prepared: str, threads: int, batch_size: int,
 def ray_data(model_dir: str, prepared: str, actors: int, cpus: float, overrides: list[str]) -> dict:
     """The `geor evaluate` inference path over the same rows, into a fresh directory."""
     from geor_core.config import load_config
-    from geor_core.predictions import evaluation_predictions
+    from geor_core.scoring.predictions import evaluation_predictions
     from tasks.batch_inference import run_sharded_inference
     from tasks.evaluate import evaluation_rows
 
@@ -190,7 +190,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir, prepared = build_inputs(workdir, args.rows)
 
-    from geor_core.dataset import read_prepared
+    from geor_core.data.dataset import read_prepared
 
     rows = read_prepared(prepared, columns=["image"]).num_rows
     import ray

@@ -1,4 +1,4 @@
-"""Fuzz the completion parser: N generated inputs through geor_core.parse, counting exceptions.
+"""Fuzz the completion parser: N generated inputs through geor_core.geo.parse, counting exceptions.
 
     python benchmarks/fuzz_parse.py [--n 1000000] [--seed 0]
 
@@ -24,7 +24,7 @@ import random
 import time
 from collections import Counter
 
-from geor_core.parse import MAX_NAME_CHARS, Parsed, parse_completion
+from geor_core.geo.parse import MAX_NAME_CHARS, Parsed, parse_completion
 
 CHUNK = 50_000
 TOKENS = [

@@ -5,9 +5,9 @@
 Builds the tiny model, a prepared synthetic world and a short SFT checkpoint to start from (cached
 under ``--workdir``), then runs, each in its own process and interleaved ``--repeats`` times:
 
-- ``bare``: ``geor_core.grpo_setup.build_grpo_trainer`` (the construction the Ray workers use) +
+- ``bare``: ``geor_core.training.grpo_setup.build_grpo_trainer`` (the construction the Ray workers use) +
   DeepSpeed in one process, no Ray (RANK/WORLD_SIZE/MASTER_* set as a launcher would), rewards
-  scored in-process by geor_core.rewards; the HF export at the end, like the stage;
+  scored in-process by geor_core.scoring.rewards; the HF export at the end, like the stage;
 - ``ray_1_worker``: ``tasks.grpo.run_grpo`` unchanged on a fresh local cluster (2 CPUs): one
   worker, rewards from its Ray reward-actor pool;
 - ``ray_2_workers``: the same with 2 workers, the per-device batch halved (same global batch).
@@ -80,10 +80,10 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
     )  # fmt: skip
     from geor_core.config import load_config
-    from geor_core.dataset import read_prepared
-    from geor_core.grpo_setup import GRPO_COLUMNS, build_grpo_trainer
-    from geor_core.models import load_model, load_processor
-    from geor_core.rewards import score_completions
+    from geor_core.data.dataset import read_prepared
+    from geor_core.scoring.rewards import score_completions
+    from geor_core.training.grpo_setup import GRPO_COLUMNS, build_grpo_trainer
+    from geor_core.training.model_loading import load_model, load_processor
 
     cfg = load_config(PRESET, overrides)
     processor, model = load_processor(args.model), load_model(args.model)

@@ -83,7 +83,7 @@ def build_start(work: Path, args: argparse.Namespace, env: dict[str, str]) -> tu
 def evaluate_model(model_uri: str, rows: Any, cfg: Any, samples: int) -> dict[str, Any]:
     """Greedy and sampled metrics of one model on ``rows`` (generation on one torch thread)."""
     from geor_core.config import RewardConfig
-    from geor_core.sampled_reward import (
+    from geor_core.training.sampled_reward import (
         completion_metrics,
         greedy_metrics,
         load_policy,
@@ -148,8 +148,8 @@ def main() -> None:
 
     from geor_core import uris
     from geor_core.config import load_config
-    from geor_core.dataset import read_prepared
-    from geor_core.grpo_setup import GRPO_COLUMNS
+    from geor_core.data.dataset import read_prepared
+    from geor_core.training.grpo_setup import GRPO_COLUMNS
 
     tag = f"{args.rows}-{args.countries}-{args.ambiguous_share}-s{args.seed}-g{args.grpo_steps}"
     start_marker = uris.read_marker(sft_start) or {}

@@ -5,7 +5,7 @@
 Makes (once, in ``--workdir``) black RGB PNGs written row by row, so they are small on disk:
 ``--rows`` huge ones alternating 10000x10000 px (~290 KB) and 13000x13000 px (~490 KB), and
 ``--rows`` small ones of 448x448 px. Each measurement is a fresh process that imports the image
-processor, loads its batch's photos one at a time with ``geor_core.images.load_image`` (as
+processor, loads its batch's photos one at a time with ``geor_core.data.images.load_image`` (as
 ``Geolocator`` and the training datasets do), then preprocesses the loaded ones together with the
 Qwen-VL image processor at the default model config (``max_pixels`` 448x448); its peak RSS is
 ``VmHWM`` (Linux). Configurations, alternated over ``--repeats`` rounds so load from other jobs hits
@@ -95,8 +95,8 @@ def child(paths: list[str], max_image_pixels: int | None) -> None:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
     from geor_core.config import ModelConfig
-    from geor_core.image_processor import build_image_processor
-    from geor_core.images import load_image
+    from geor_core.data.images import load_image
+    from geor_core.training.image_processor import build_image_processor
 
     model = ModelConfig()
     if max_image_pixels:

@@ -127,18 +127,18 @@ def single_process(manifest: str, output: str) -> dict:
     """The baseline: pass 1, dedupe, transform and write, sequentially in this process."""
     from geor_core import uris
     from geor_core.config import load_config
-    from geor_core.cor_rows import RowRules, row_ids
-    from geor_core.dataset import DATA_DIR, REJECTS_DIR, output_stats
-    from geor_core.dedupe import candidate_rows, duplicate_rows, hash_ids
-    from geor_core.image_refs import reference_rule
-    from geor_core.manifest import (
+    from geor_core.data.cor_rows import RowRules, row_ids
+    from geor_core.data.dataset import DATA_DIR, REJECTS_DIR, output_stats
+    from geor_core.data.dedupe import candidate_rows, duplicate_rows, hash_ids
+    from geor_core.data.image_refs import reference_rule
+    from geor_core.data.manifest import (
         iter_batches,
         list_manifest_files,
         manifest_fingerprint,
         manifest_folder,
         resolve_columns,
     )
-    from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block
+    from geor_core.data.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block
 
     started = time.monotonic()
     prepare = load_config(None, [f"prepare.manifest={manifest}", f"prepare.output={output}"]).prepare
@@ -196,8 +196,8 @@ def rows_digest(output: str) -> str:
     """A content hash of an output's rows, independent of shards and row order (a sum of row hashes)."""
     import pandas as pd
 
-    from geor_core.cor_rows import OUTPUT_SCHEMA
-    from geor_core.dataset import DATA_DIR, parquet_files
+    from geor_core.data.cor_rows import OUTPUT_SCHEMA
+    from geor_core.data.dataset import DATA_DIR, parquet_files
 
     fs, files = parquet_files(f"{output}/{DATA_DIR}")
     total, rows = np.uint64(0), 0

@@ -9,11 +9,11 @@ gazetteer, G completions per truth row as in GRPO): 70% valid
 Chain-of-Region answers near the truth (within about 0-3000 km), 8% with two coordinate pairs, 2%
 with an out-of-range pair, 10% garbage without any pair, 5% an answer without tags, 5% cut off
 inside the answer. Then scores them in batches of ``--batch-size`` with
-geor_core.rewards.score_completions, the process pinned to one CPU. Prints one JSON object; its
+geor_core.scoring.rewards.score_completions, the process pinned to one CPU. Prints one JSON object; its
 section ``single_core`` has, per configuration, the completions scored per second by wall clock and by process CPU time
 (``*_per_s`` / ``*_cpu_per_s``; CPU time is the fairer figure on a shared machine):
 
-- ``parse``: geor_core.parse.parse_many alone;
+- ``parse``: geor_core.geo.parse.parse_many alone;
 - ``no_region``: parse + distance + format + chain (region weights 0: no region work);
 - ``text_region``: the same plus region from the names in the answer (normalised names cached);
 - ``point_region``: the same plus region from a gazetteer lookup of the predicted point (one
@@ -46,11 +46,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geor_core import gazetteer
 from geor_core.config import RewardConfig
-from geor_core.countries import country_name
-from geor_core.parse import parse_many
-from geor_core.rewards import score_completions
+from geor_core.geo import gazetteer
+from geor_core.geo.countries import country_name
+from geor_core.geo.parse import parse_many
+from geor_core.scoring.rewards import score_completions
 
 MP16 = Path(__file__).resolve().parents[1] / "data" / "mp16_coords_100k.csv"
 THINK = [

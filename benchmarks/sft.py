@@ -142,9 +142,9 @@ def run_bare(args: argparse.Namespace) -> dict[str, Any]:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
     )  # fmt: skip
     from geor_core.config import load_config
-    from geor_core.dataset import read_prepared
-    from geor_core.models import apply_lora, load_model, load_processor
-    from geor_core.sft_setup import SFT_COLUMNS, build_sft_trainer
+    from geor_core.data.dataset import read_prepared
+    from geor_core.training.model_loading import apply_lora, load_model, load_processor
+    from geor_core.training.sft_setup import SFT_COLUMNS, build_sft_trainer
 
     timer = StepTimer()
     timer.marks["loop_entry"] = time.time()
@@ -171,7 +171,7 @@ def timed_worker_loop(timings_dir: str) -> Any:
     def loop(config: dict[str, Any]) -> None:
         import ray.train
 
-        import geor_core.sft_setup as sft_setup
+        import geor_core.training.sft_setup as sft_setup
         from tasks import sft as sft_task
 
         entered = time.time()

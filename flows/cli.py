@@ -1,4 +1,4 @@
-"""The `geor` command line: one subcommand per stage, each in its own module under flows/.
+"""The `geor` command line: one subcommand per stage, each in its own module under flows/commands/.
 
 A command module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported
 only when their command runs, so `geor score` never pays for importing Ray or torch.
@@ -17,33 +17,60 @@ from geor_core.errors import UserFacingError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("flows.score", "score a predictions file against truth (the field's standard table)"),
-    "make-tiny-model": ("flows.make_tiny_model", "build the tiny random-init Qwen2.5-VL model"),
-    "make-world": ("flows.make_world", "render the synthetic learnable world: JPEGs + manifest"),
-    "prepare": ("flows.prepare", "manifest of photos with GPS -> Chain-of-Region training rows (Ray Data)"),
+    "score": (
+        "flows.commands.score_command",
+        "score a predictions file against truth (the field's standard table)",
+    ),
+    "make-tiny-model": (
+        "flows.commands.make_tiny_model_command",
+        "build the tiny random-init Qwen2.5-VL model",
+    ),
+    "make-world": (
+        "flows.commands.make_world_command",
+        "render the synthetic learnable world: JPEGs + manifest",
+    ),
+    "prepare": (
+        "flows.commands.prepare_command",
+        "manifest of photos with GPS -> Chain-of-Region training rows (Ray Data)",
+    ),
     "grpo": (
-        "flows.grpo",
+        "flows.commands.grpo_command",
         "GRPO with Haversine rewards from Ray reward actors (Ray Train + DeepSpeed + TRL)",
     ),
-    "sft": ("flows.sft", "supervised fine-tuning on Chain-of-Region rows (Ray Train + DeepSpeed + TRL)"),
-    "evaluate": ("flows.evaluate", "batch inference on Ray Data: metrics, reasoning, plots, comparison"),
-    "predict": ("flows.predict", "geolocate photos without truth: CoR text and coordinates as Parquet + CSV"),
-    "mine-hard": ("flows.mine_hard", "keep the training rows predicted beyond a radius (GRPO hard samples)"),
-    "sweep": ("flows.sweep", "hyper-parameter sweeps of GRPO on Ray Tune, trials judged on validation"),
+    "sft": (
+        "flows.commands.sft_command",
+        "supervised fine-tuning on Chain-of-Region rows (Ray Train + DeepSpeed + TRL)",
+    ),
+    "evaluate": (
+        "flows.commands.evaluate_command",
+        "batch inference on Ray Data: metrics, reasoning, plots, comparison",
+    ),
+    "predict": (
+        "flows.commands.predict_command",
+        "geolocate photos without truth: CoR text and coordinates as Parquet + CSV",
+    ),
+    "mine-hard": (
+        "flows.commands.mine_hard_command",
+        "keep the training rows predicted beyond a radius (GRPO hard samples)",
+    ),
+    "sweep": (
+        "flows.commands.sweep_command",
+        "hyper-parameter sweeps of GRPO on Ray Tune, trials judged on validation",
+    ),
     "pipeline": (
-        "flows.pipeline",
+        "flows.commands.pipeline_command",
         "the whole workflow: prepare, SFT, mine hard, GRPO, evaluate, register with the champion gate",
     ),
     "demo": (
-        "flows.demo",
+        "flows.commands.demo_command",
         "the whole pipeline on the tiny model and synthetic world, with a local MLflow server",
     ),
     "retrain": (
-        "flows.retrain",
+        "flows.commands.retrain_command",
         "retrain the champion on new photos; promote only through the champion gate",
     ),
     "models": (
-        "flows.models",
+        "flows.commands.models_command",
         "the model registry: list versions with scores and lineage, promote, roll back",
     ),
 }

@@ -2,7 +2,7 @@
 
 Choices:
 - Outputs live under one root (``storage.root``): ``prepared/ sft/ hard/ grpo/ eval/ gate/`` and
-  ``pipeline/<stage>.json`` records (geor_core/stage_state.py). The root is claimed for the
+  ``pipeline/<stage>.json`` records (geor_core/registry/stage_state.py). The root is claimed for the
   pipeline and each stage's folder for its stage (geor_core/ownership.py): a folder geor did not
   write is refused, and a stage deletes only its own entries in its own folder. A stage is
   skipped when its record is complete, its key (its settings + its inputs' keys) is unchanged
@@ -32,11 +32,11 @@ from typing import Any
 from flows.promotion_gate import GateOutcome, gate_and_register
 from geor_core import uris
 from geor_core.config import GeorConfig
+from geor_core.data.manifest import list_manifest_files, manifest_fingerprint
 from geor_core.errors import UserFacingError
-from geor_core.lineage import CODE_VERSION_ENV, code_version, data_fingerprint
-from geor_core.manifest import list_manifest_files, manifest_fingerprint
 from geor_core.ownership import check_output, claim_output
-from geor_core.stage_state import (
+from geor_core.registry.lineage import CODE_VERSION_ENV, code_version, data_fingerprint
+from geor_core.registry.stage_state import (
     COMPLETE,
     RECORDS_DIR,
     StageRecord,
@@ -45,7 +45,7 @@ from geor_core.stage_state import (
     read_record,
     stage_key,
 )
-from geor_core.tracking import parent_run, stage_run, tracking_uri
+from geor_core.registry.tracking import parent_run, stage_run, tracking_uri
 
 STAGES = ("prepare", "sft", "mine-hard", "grpo", "evaluate", "register")
 UPSTREAM = {

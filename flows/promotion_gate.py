@@ -1,5 +1,5 @@
 """Register a candidate model and apply the champion gate: the last step of `geor pipeline` and of
-`geor retrain`, so both promote by exactly the same rule (geor_core/promotion.py).
+`geor retrain`, so both promote by exactly the same rule (geor_core/registry/promotion.py).
 
 1. The benchmark: ``registry.benchmark`` when set, else the one recorded on the registered model,
    else the candidate's own prepared dataset (recorded on the registered model from then on), so
@@ -25,13 +25,14 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from geor_core import registry, uris
+from geor_core import uris
 from geor_core.config import GeorConfig
 from geor_core.errors import UserFacingError
-from geor_core.lineage import data_fingerprint
-from geor_core.promotion import GateDecision, decide
-from geor_core.stage_state import stage_key
-from geor_core.tracking import stage_run, tracking_uri
+from geor_core.registry import registry
+from geor_core.registry.lineage import data_fingerprint
+from geor_core.registry.promotion import GateDecision, decide
+from geor_core.registry.stage_state import stage_key
+from geor_core.registry.tracking import stage_run, tracking_uri
 
 BENCHMARK_SPLIT = "test"
 SCORECARD_KEYS = (

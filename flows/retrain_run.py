@@ -2,7 +2,7 @@
 through the pipeline's gate (flows/promotion_gate.py).
 
 Choices:
-- One retrain at a time: the whole run holds a :class:`geor_core.run_lock.RunLock` at
+- One retrain at a time: the whole run holds a :class:`geor_core.registry.run_lock.RunLock` at
   ``retrain.lock`` (default ``<storage.root>/retrain.lock``, local or s3://); a second retrain
   exits at once with a message naming the holder. A killed retrain's lock expires after
   ``retrain.lock_ttl_s``; the champion alias only ever names one version, so a crash at any point
@@ -27,15 +27,16 @@ import time
 from dataclasses import dataclass
 
 from flows.promotion_gate import GateOutcome, gate_and_register
-from geor_core import registry, uris
+from geor_core import uris
 from geor_core.config import GeorConfig
+from geor_core.data.manifest import manifest_folder
+from geor_core.data.new_rows import NewRows, known_ids, write_new_rows
 from geor_core.errors import UserFacingError
-from geor_core.lineage import code_version, data_fingerprint
-from geor_core.manifest import manifest_folder
-from geor_core.new_rows import NewRows, known_ids, write_new_rows
 from geor_core.ownership import claim_output
-from geor_core.run_lock import RunLock
-from geor_core.tracking import parent_run, stage_run, tracking_uri
+from geor_core.registry import registry
+from geor_core.registry.lineage import code_version, data_fingerprint
+from geor_core.registry.run_lock import RunLock
+from geor_core.registry.tracking import parent_run, stage_run, tracking_uri
 
 
 @dataclass

@@ -246,7 +246,7 @@ class SweepConfig:
     scheduler: str = _choice("asha", "asha", "fifo")
     search: str = _choice("random", "random", "grid", "optuna")
     seed: int = 0  # of the random and optuna searchers
-    metric: str = "val_geoscore"  # a validation objective (geor_core.sweep_space.OBJECTIVES)
+    metric: str = "val_geoscore"  # a validation objective (geor_core.training.sweep_space.OBJECTIVES)
     mode: str = _choice("max", "max", "min")
     grace_period: int = _range(1, 1, doc="ASHA: validations a trial always gets before it can be stopped")
     reduction_factor: int = _range(2, 2, doc="ASHA: keep the best 1/reduction_factor at each rung")

@@ -2,7 +2,7 @@
 
 The rows to geolocate (an ``id`` and an ``image`` URI each, plus whatever the caller's table
 builder needs) are cut into shards of ``eval.rows_per_shard`` rows in input order
-(geor_core.shards). Shards already finished by a run with the same fingerprint are skipped; the
+(geor_core.data.shards). Shards already finished by a run with the same fingerprint are skipped; the
 rest go through one Ray Data pipeline:
 
     from_arrow(blocks of a few batches: row number + image URI)
@@ -12,7 +12,7 @@ rest go through one Ray Data pipeline:
 
 Each ``Geolocator`` actor loads the model once and limits torch to its share of cores (fractional
 CPUs on a small machine: whole-CPU actors starve Ray Data's own tasks on 2 cores and the job
-hangs). Photos are decoded one at a time, straight down to ``model.max_pixels`` (geor_core.images),
+hangs). Photos are decoded one at a time, straight down to ``model.max_pixels`` (geor_core.data.images),
 so an actor's memory does not grow with the photos' size. A photo that cannot be loaded (missing,
 undecodable, over ``model.max_image_pixels``) gets an empty completion and the reason, never a crash.
 The driver collects completions by shard; as soon as a shard has all its rows it builds the
@@ -37,11 +37,11 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from geor_core import shards  # noqa: E402
 from geor_core.config import EvalConfig, GeorConfig, ModelConfig  # noqa: E402
+from geor_core.data import shards  # noqa: E402
 from geor_core.errors import UserFacingError  # noqa: E402
-from geor_core.prompts import INSTRUCTION  # noqa: E402
-from geor_core.tracking import tracking_env  # noqa: E402
+from geor_core.geo.prompts import INSTRUCTION  # noqa: E402
+from geor_core.registry.tracking import tracking_env  # noqa: E402
 from tasks.ray_session import connect_ray  # noqa: E402
 
 MAX_BATCHES_PER_BLOCK = 8
@@ -88,7 +88,7 @@ class Geolocator:
     def __init__(self, model: ModelConfig, settings: EvalConfig) -> None:
         import torch
 
-        from geor_core.models import load_model, load_processor
+        from geor_core.training.model_loading import load_model, load_processor
 
         torch.set_num_threads(max(1, int(settings.cpus_per_actor)))
         device = "cpu" if settings.gpus_per_actor == 0 and model.device == "auto" else None
@@ -98,8 +98,8 @@ class Geolocator:
         self.settings = settings
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from geor_core.generation import generate
-        from geor_core.images import load_image
+        from geor_core.data.images import load_image
+        from geor_core.training.generation import generate
 
         images, errors = [], []
         for uri in batch["image"]:  # one photo decoded at a time, straight down to model.max_pixels

@@ -16,13 +16,13 @@ Output layout (local or s3://)::
 The output is claimed first (geor_core/ownership.py): a folder geor did not write, or one that
 is or holds the data or a model, is refused; only the entries above are ever deleted there.
 
-Metrics are computed by `geor score`'s code (geor_core.evaluation_report). Rows come from the
+Metrics are computed by `geor score`'s code (geor_core.scoring.evaluation_report). Rows come from the
 prepared data's ``eval.splits`` in that order, the first ``eval.max_rows`` of each (0: all).
 A re-run skips every finished prediction shard and rebuilds the report.
 
 Sampled reward (``eval.sampled_rows`` > 0): beside the greedy metrics, each model's mean combined
 reward over ``eval.sampled_per_row`` completions sampled with GRPO's settings on the first
-``eval.sampled_rows`` evaluated rows (geor_core.sampled_reward: the objective GRPO optimises,
+``eval.sampled_rows`` evaluated rows (geor_core.training.sampled_reward: the objective GRPO optimises,
 which greedy metrics do not show). It runs after batch inference as ONE Ray task with one
 inference actor's resources (a few dozen rows do not pay for a Ray Data pipeline), is the
 comparison's ``sampled_reward`` column, and is kept with a fingerprint so a re-run reuses it.
@@ -44,11 +44,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from geor_core import plots, tracking, uris
+from geor_core import uris
 from geor_core.config import GeorConfig, ModelConfig
-from geor_core.dataset import read_prepared, require_prepared
+from geor_core.data.dataset import read_prepared, require_prepared
+from geor_core.data.shards import MARKERS_DIR
 from geor_core.errors import UserFacingError
-from geor_core.evaluation_report import (
+from geor_core.ownership import claim_output
+from geor_core.registry import tracking
+from geor_core.registry.lineage import data_fingerprint
+from geor_core.scoring import plots
+from geor_core.scoring.evaluation_report import (
     COMPARISON_COLUMNS,
     METRIC_KEYS,
     ModelReport,
@@ -56,13 +61,10 @@ from geor_core.evaluation_report import (
     markdown_table,
     model_report,
 )
-from geor_core.lineage import data_fingerprint
-from geor_core.ownership import claim_output
-from geor_core.predictions import PREPARED_TRUTH, evaluation_predictions
-from geor_core.published import BENCHMARKS, detect_benchmark
-from geor_core.sampled_reward import SAMPLING_SEED
-from geor_core.scoring import read_table
-from geor_core.shards import MARKERS_DIR
+from geor_core.scoring.predictions import PREPARED_TRUTH, evaluation_predictions
+from geor_core.scoring.published import BENCHMARKS, detect_benchmark
+from geor_core.scoring.scoring import read_table
+from geor_core.training.sampled_reward import SAMPLING_SEED
 from tasks.batch_inference import (
     Geolocator,
     InferenceRun,
@@ -89,7 +91,9 @@ class ModelEvaluation:
     report: ModelReport
     inference: InferenceRun
     error_km: np.ndarray  # per evaluated row, NaN where the prediction is missing
-    sampled: dict[str, Any] | None  # geor_core.sampled_reward's summary; None when eval.sampled_rows is 0
+    sampled: (
+        dict[str, Any] | None
+    )  # geor_core.training.sampled_reward's summary; None when eval.sampled_rows is 0
 
     def comparison_metrics(self) -> dict[str, Any]:
         """The greedy score result plus ``sampled_reward`` (the mean combined sampled reward)."""
@@ -266,7 +270,7 @@ def _sampled_reward(
 
 def _score_sampled(cfg: GeorConfig, model: ModelConfig, rows: pa.Table) -> dict[str, Any]:
     """On a Ray worker: load the model as an inference actor does, then sample and score."""
-    from geor_core.sampled_reward import sampled_reward
+    from geor_core.training.sampled_reward import sampled_reward
 
     loaded = Geolocator(model, cfg.eval)
     result = sampled_reward(

@@ -2,7 +2,7 @@
 DeepSpeed, rewarded by a pool of Ray reward actors (tasks/reward_actors.py).
 
 Choices:
-- Everything GRPO is TRL's (geor_core/grpo_setup.py builds it); this module adds the Ray parts:
+- Everything GRPO is TRL's (geor_core/training/grpo_setup.py builds it); this module adds the Ray parts:
   each worker owns a small pool of reward actors (fractional CPUs, gazetteer loaded once each),
   and every batch of completions is scored there in one call returning every component.
 - Starts from an SFT export or any model URI; ``beta = 0`` loads no reference model (TRL).
@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from geor_core.config import GeorConfig
-from geor_core.dataset import read_prepared
+from geor_core.data.dataset import read_prepared
 from tasks.training_run import TrainingResult, launch_training
 from tasks.training_worker import finish_worker, setup_worker
 
@@ -49,8 +49,8 @@ def grpo_worker_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: its reward actors, the GRPOTrainer, resume, train, export."""
     from ray.train.huggingface.transformers import prepare_trainer
 
-    from geor_core.greedy_validation import GreedyValidationCallback
-    from geor_core.grpo_setup import GRPO_COLUMNS, build_grpo_trainer
+    from geor_core.training.greedy_validation import GreedyValidationCallback
+    from geor_core.training.grpo_setup import GRPO_COLUMNS, build_grpo_trainer
     from tasks.reward_actors import RewardActorPool
 
     setup = setup_worker(config, "grpo")

@@ -9,7 +9,7 @@ mined data still validates on the same rows. Output layout (local or s3://)::
     data/part-*.parquet    the kept rows, a file per source file, in the source's order, with
                            prepare's schema
     rejects/               absent: nothing is rejected here (dropped rows are counted in stats)
-    predictions/           the mining predictions (geor_core.predictions), shards resume
+    predictions/           the mining predictions (geor_core.scoring.predictions), shards resume
     stats.json             prepare's statistics (rows_in: the source's rows, rows_out: kept,
                            rows_dropped) + a ``mining`` section (rows in, kept, dropped, missing
                            predictions, per country)
@@ -35,10 +35,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from geor_core import tracking, uris
+from geor_core import uris
 from geor_core.config import GeorConfig
-from geor_core.cor_rows import OUTPUT_SCHEMA
-from geor_core.dataset import (
+from geor_core.data.cor_rows import OUTPUT_SCHEMA
+from geor_core.data.dataset import (
     DATA_DIR,
     STATS_FILE,
     output_stats,
@@ -46,12 +46,13 @@ from geor_core.dataset import (
     read_prepared,
     require_prepared,
 )
+from geor_core.data.shards import MARKERS_DIR
 from geor_core.errors import UserFacingError
-from geor_core.lineage import data_fingerprint
 from geor_core.ownership import claim_output
-from geor_core.predictions import evaluation_predictions
-from geor_core.scoring import read_table
-from geor_core.shards import MARKERS_DIR
+from geor_core.registry import tracking
+from geor_core.registry.lineage import data_fingerprint
+from geor_core.scoring.predictions import evaluation_predictions
+from geor_core.scoring.scoring import read_table
 from tasks.batch_inference import InferenceRun, inference_fingerprint, ray_scope, run_sharded_inference
 from tasks.evaluate import INPUT_COLUMNS
 from tasks.training_run import check_model_source

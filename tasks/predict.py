@@ -3,7 +3,7 @@
 
 Output layout (local or s3://)::
 
-    predictions/part-*.parquet   one row per photo (geor_core.predictions.PHOTO_SCHEMA) + _markers/
+    predictions/part-*.parquet   one row per photo (geor_core.scoring.predictions.PHOTO_SCHEMA) + _markers/
     predictions.csv              the same rows as one CSV
     world_map.png                the predicted points over the gazetteer's settlements
     _SUCCESS.json                written last: counts and where things are
@@ -22,13 +22,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from geor_core import plots, tracking, uris
+from geor_core import uris
 from geor_core.config import GeorConfig
+from geor_core.data.photo_inputs import list_photos
+from geor_core.data.shards import MARKERS_DIR
 from geor_core.ownership import claim_output
-from geor_core.photo_inputs import list_photos
-from geor_core.predictions import photo_predictions
-from geor_core.scoring import read_table
-from geor_core.shards import MARKERS_DIR
+from geor_core.registry import tracking
+from geor_core.scoring import plots
+from geor_core.scoring.predictions import photo_predictions
+from geor_core.scoring.scoring import read_table
 from tasks.batch_inference import InferenceRun, inference_fingerprint, ray_scope, run_sharded_inference
 from tasks.evaluate import log_png
 from tasks.training_run import check_model_source

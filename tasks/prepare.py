@@ -4,7 +4,7 @@
    whole manifest (the first row in manifest order keeps its id).
 2. Ray Data reads each manifest file as raw blocks (one read task per file, streamed in
    ``prepare.batch_size`` rows), transforms every block (validate -> one batched gazetteer query
-   -> CoR text -> split; rejects written on the way, geor_core/prepare_blocks.py) and writes
+   -> CoR text -> split; rejects written on the way, geor_core/data/prepare_blocks.py) and writes
    Parquet shards to ``<output>/data``. With ``prepare.compute=tasks`` (the default, and the
    faster here) and at least as many files as CPUs, read, transform and write fuse into one task
    per file; with fewer files (one big CSV) the read streams blocks to parallel transform tasks.
@@ -13,7 +13,7 @@
 3. The driver counts what is on disk; rows_in = rows_out + rows_rejected must hold, then
    ``stats.json`` and, last, the completion marker are written.
 
-Skipping a finished output, clearing a crashed one and the marker: geor_core/prepare_output.py.
+Skipping a finished output, clearing a crashed one and the marker: geor_core/data/prepare_output.py.
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ import ray  # noqa: E402
 from ray.data import ActorPoolStrategy, DataContext, Datasource, ReadTask  # noqa: E402
 from ray.data.block import BlockMetadata  # noqa: E402
 
-from geor_core import tracking, uris  # noqa: E402
+from geor_core import uris  # noqa: E402
 from geor_core.config import GeorConfig, PrepareConfig  # noqa: E402
-from geor_core.cor_rows import RowRules  # noqa: E402
-from geor_core.dataset import DATA_DIR, REJECTS_DIR, output_stats, read_rejects  # noqa: E402
-from geor_core.image_refs import ReferenceRule, reference_rule  # noqa: E402
-from geor_core.manifest import ManifestFile, list_manifest_files, manifest_folder  # noqa: E402
-from geor_core.manifest import manifest_fingerprint as manifest_fingerprint_of  # noqa: E402
-from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block  # noqa: E402
-from geor_core.prepare_output import check_settings, clear_output, finish_output, finished_stats  # noqa: E402
+from geor_core.data.cor_rows import RowRules  # noqa: E402
+from geor_core.data.dataset import DATA_DIR, REJECTS_DIR, output_stats, read_rejects  # noqa: E402
+from geor_core.data.image_refs import ReferenceRule, reference_rule  # noqa: E402
+from geor_core.data.manifest import ManifestFile, list_manifest_files, manifest_folder  # noqa: E402
+from geor_core.data.manifest import manifest_fingerprint as manifest_fingerprint_of  # noqa: E402
+from geor_core.data.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block  # noqa: E402
+from geor_core.data.prepare_output import check_settings, clear_output, finish_output, finished_stats  # noqa: E402
+from geor_core.registry import tracking  # noqa: E402
 from tasks.prepare_scan import ManifestScan, scan_manifest  # noqa: E402
 from tasks.ray_session import connect_ray
 

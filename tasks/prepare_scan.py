@@ -4,7 +4,7 @@ One task per manifest file reads it with the same reader as the main pass (so ro
 agree), resolves its column roles, counts rows and bad lines and hashes its ids. The
 driver keeps 9 bytes per row (33 at the peak, while sorting) to find repeated hashes; a second,
 small round of tasks fetches the ids of only those rows, so duplicates are decided on the
-strings (geor_core/dedupe.py).
+strings (geor_core/data/dedupe.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import numpy as np
 import ray
 
 from geor_core.config import PrepareConfig
-from geor_core.cor_rows import row_ids
-from geor_core.dedupe import candidate_rows, duplicate_rows, hash_ids
+from geor_core.data.cor_rows import row_ids
+from geor_core.data.dedupe import candidate_rows, duplicate_rows, hash_ids
+from geor_core.data.manifest import ColumnRoles, ManifestFile, iter_batches, resolve_columns
 from geor_core.errors import UserFacingError
-from geor_core.manifest import ColumnRoles, ManifestFile, iter_batches, resolve_columns
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Reward actors for GRPO: a pool of Ray actors that score whole batches of completions.
 
-Each :class:`RewardActor` loads the gazetteer once (geor_core.gazetteer caches it per process)
-and scores with ``geor_core.rewards.score_completions``. :class:`RewardActorPool`, made inside
+Each :class:`RewardActor` loads the gazetteer once (geor_core.geo.gazetteer caches it per process)
+and scores with ``geor_core.scoring.rewards.score_completions``. :class:`RewardActorPool`, made inside
 the process that needs rewards (a Ray Train worker), splits a batch into one contiguous chunk
 per actor, submits every chunk at once, gathers the parts in order and concatenates them, so
 the result equals ``score_completions`` on the whole batch element for element (scoring is
@@ -24,7 +24,7 @@ caller unchanged and is not retried.
 Actors take fractional CPUs (``grpo.reward_actor_cpus``; on 2 cores a whole CPU each starves
 everything else) and are scheduled outside the caller's placement group: a Ray Train worker's
 bundle holds only that worker's own resources. Conversational completions are turned into their
-text in the caller (``geor_core.parse.completion_text``, the parse rule's own reading; None where
+text in the caller (``geor_core.geo.parse.completion_text``, the parse rule's own reading; None where
 there is no text), so only strings travel.
 """
 
@@ -46,8 +46,8 @@ from numpy.typing import ArrayLike  # noqa: E402
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, WorkerCrashedError  # noqa: E402
 
 from geor_core.config import RewardConfig  # noqa: E402
-from geor_core.parse import completion_text  # noqa: E402
-from geor_core.rewards import RewardSettings, score_completions, truth_coordinates  # noqa: E402
+from geor_core.geo.parse import completion_text  # noqa: E402
+from geor_core.scoring.rewards import RewardSettings, score_completions, truth_coordinates  # noqa: E402
 
 # What a dead or unreachable actor raises (ActorDiedError and ActorUnavailableError are
 # RayActorErrors); anything else is the scoring's own error and goes to the caller.
@@ -71,7 +71,7 @@ class RewardActor:
     """Scores batches with geor_core's rewards; the gazetteer and name caches are warm on creation."""
 
     def __init__(self, reward_cfg: RewardSettings) -> None:
-        from geor_core import gazetteer
+        from geor_core.geo import gazetteer
 
         self.reward_cfg = reward_cfg
         gazetteer.lookup(np.zeros(1), np.zeros(1))  # loads the KD-tree once for this process

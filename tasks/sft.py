@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from geor_core.config import GeorConfig
-from geor_core.dataset import read_prepared
+from geor_core.data.dataset import read_prepared
 from tasks.training_run import TrainingResult, check_training_inputs, launch_training
 from tasks.training_worker import finish_worker, setup_worker
 
@@ -49,7 +49,7 @@ def sft_worker_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: build the SFTTrainer, resume from Ray's checkpoint, train, export."""
     from ray.train.huggingface.transformers import prepare_trainer
 
-    from geor_core.sft_setup import SFT_COLUMNS, build_sft_trainer
+    from geor_core.training.sft_setup import SFT_COLUMNS, build_sft_trainer
 
     setup = setup_worker(config, "sft")
     train = read_prepared(config["data_uri"], "train", SFT_COLUMNS)

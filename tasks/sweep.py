@@ -36,7 +36,7 @@ from geor_core import uris
 from geor_core.config import ConfigError, GeorConfig, flat_params
 from geor_core.errors import UserFacingError
 from geor_core.ownership import OwnedOutput, check_output, claim_output
-from geor_core.sweep_space import SearchSpace, check_space, objective_of, trial_config
+from geor_core.training.sweep_space import SearchSpace, check_space, objective_of, trial_config
 from tasks.sweep_trial import TRIALS_DIR, TrialSetup, grpo_trial, read_trial_record, trial_output
 from tasks.training_run import MODEL_DIR, RAY_DIR, check_training_inputs
 

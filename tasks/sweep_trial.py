@@ -6,7 +6,7 @@ objective to Tune through Ray Train V2's callback.
   :class:`ObjectiveReporter` (a ``TuneReportCallback`` in the trainer's RunConfig, run by the Train
   controller) forwards each checkpoint report to Tune. A report carries the GRPO evaluation that
   preceded it (``grpo.save_steps`` is a multiple of ``grpo.eval_steps``), renamed to the sweep's
-  objectives (``val_geoscore``, ...; geor_core.sweep_space.OBJECTIVES); the worker's last report
+  objectives (``val_geoscore``, ...; geor_core.training.sweep_space.OBJECTIVES); the worker's last report
   (no evaluation in it) is not forwarded. ASHA can stop the trial at any report.
 - Each trial writes ``<sweep output>/trials/<trial id>/``: the GRPO checkpoints (``ray/``), the
   export (``model/``) and ``trial.json`` (params, status running / finished / failed, the error,
@@ -30,8 +30,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from geor_core import uris
 from geor_core.ownership import claim_output
-from geor_core.sweep_space import trial_config, validation_metrics
-from geor_core.tracking import parent_run, tracking_uri
+from geor_core.registry.tracking import parent_run, tracking_uri
+from geor_core.training.sweep_space import trial_config, validation_metrics
 
 TRIAL_RECORD = "trial.json"
 TRIALS_DIR = "trials"
@@ -45,7 +45,7 @@ class TrialSetup:
     data_uri: str
     model_uri: str
     output_uri: str  # the sweep's output; a trial writes under <output>/trials/<trial id>
-    objective: str  # a name in geor_core.sweep_space.OBJECTIVES
+    objective: str  # a name in geor_core.training.sweep_space.OBJECTIVES
     env: dict[str, str]  # tracking variables for the trial process (URI, the sweep's run id)
 
 

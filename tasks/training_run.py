@@ -13,12 +13,12 @@ from typing import Any
 
 from geor_core import uris
 from geor_core.config import GeorConfig, TrainingConfig
-from geor_core.dataset import require_prepared
-from geor_core.deepspeed_config import deepspeed_config
+from geor_core.data.dataset import require_prepared
 from geor_core.errors import UserFacingError
-from geor_core.models import resolve_source
 from geor_core.ownership import check_output, claim_output
-from geor_core.tracking import log_dataset, stage_run, tracking_env
+from geor_core.registry.tracking import log_dataset, stage_run, tracking_env
+from geor_core.training.deepspeed_config import deepspeed_config
+from geor_core.training.model_loading import resolve_source
 from tasks.training_worker import FAULT_STEP_ENV
 
 RAY_DIR = "ray"  # Ray Train's storage: <output>/ray/<stage>/

@@ -80,7 +80,7 @@ def export_and_report(
     import ray.train
     import torch.distributed as dist
 
-    from geor_core.export import publish_model_dir
+    from geor_core.training.export import publish_model_dir
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -125,9 +125,9 @@ def setup_worker(config: dict[str, Any], stage: str) -> WorkerSetup:
     from ray.train.huggingface.transformers import RayTrainReportCallback
 
     from geor_core.config import build_config
-    from geor_core.models import apply_lora, load_model, load_processor
-    from geor_core.sft_setup import per_device_batch_size
-    from geor_core.train_callbacks import MlflowMetricsCallback
+    from geor_core.training.model_loading import apply_lora, load_model, load_processor
+    from geor_core.training.sft_setup import per_device_batch_size
+    from geor_core.training.train_callbacks import MlflowMetricsCallback
 
     context, scratch = prepare_worker(config)
     cfg = build_config(config["cfg"])

@@ -18,13 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from geor_core.config import ConfigError, load_config
-from geor_core.cor_rows import RowRules, prepare_batch
-from geor_core.dataset import read_rejects
+from geor_core.data.cor_rows import RowRules, prepare_batch
+from geor_core.data.dataset import read_rejects
+from geor_core.data.image_refs import reference_rule
+from geor_core.data.manifest import ColumnRoles, iter_batches, list_manifest_files
+from geor_core.data.photo_inputs import list_photos
+from geor_core.data.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block
 from geor_core.errors import UserFacingError
-from geor_core.image_refs import reference_rule
-from geor_core.manifest import ColumnRoles, iter_batches, list_manifest_files
-from geor_core.photo_inputs import list_photos
-from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block
 
 GOOD_JPEG = sorted((Path(__file__).parent / "fixtures" / "streetscapes" / "images").glob("*.jpg"))[0]
 ROLES = ColumnRoles(id="id", image="image", lat="lat", lon="lon")

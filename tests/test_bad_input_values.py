@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 
 from flows.cli import main
-from geor_core import tracking, uris
+from geor_core import uris
 from geor_core.config import ConfigError, flat_params, load_config
 from geor_core.errors import UserFacingError
-from geor_core.run_lock import LockHeld, RunLock
-from geor_core.scoring import read_table
+from geor_core.registry import tracking
+from geor_core.registry.run_lock import LockHeld, RunLock
+from geor_core.scoring.scoring import read_table
 from tests.plugins.servers import free_port
 
 TRUTH = "id,lat,lon\na,10.0,20.0\nb,30.0,40.0\nc,50.0,60.0\n"

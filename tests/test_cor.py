@@ -1,4 +1,4 @@
-"""Chain-of-Region target text (geor_core.cor): shape, determinism, fallbacks, vectorised = scalar."""
+"""Chain-of-Region target text (geor_core.geo.cor): shape, determinism, fallbacks, vectorised = scalar."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from geor_core import gazetteer
-from geor_core.cor import PHRASINGS, cor_target, cor_targets
-from geor_core.countries import country_name, normalize_name
-from geor_core.geo import validate_coordinates
-from geor_core.parse import parse_completion
+from geor_core.geo import gazetteer
+from geor_core.geo.cor import PHRASINGS, cor_target, cor_targets
+from geor_core.geo.countries import country_name, normalize_name
+from geor_core.geo.geo import validate_coordinates
+from geor_core.geo.parse import parse_completion
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DESIGN_EXAMPLE = (
@@ -73,7 +73,7 @@ def test_deterministic_per_row_and_seed_across_processes():
     here = [cor_target(rid, "France", "Bretagne", "Brest", lat, lon, 7) for rid, lat, lon in rows]
     assert here == [cor_target(rid, "France", "Bretagne", "Brest", lat, lon, 7) for rid, lat, lon in rows]
     code = (
-        "from geor_core.cor import cor_target\n"
+        "from geor_core.geo.cor import cor_target\n"
         f"for rid, lat, lon in {rows!r}: print(repr(cor_target(rid, 'France', 'Bretagne', 'Brest', lat, lon, 7)))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # a stable hash, not Python's salted hash()

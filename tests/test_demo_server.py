@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from flows import demo
+from flows.commands import demo_command as demo
 from geor_core.errors import UserFacingError
 from tests.plugins.servers import LOCALHOST, free_port, start_server, stop_process_group
 

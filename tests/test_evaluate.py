@@ -16,18 +16,21 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from flows import evaluate as evaluate_command
 from flows.cli import main
-from geor_core import gazetteer, plots, shards, uris
-from geor_core.analysis import cor_consistency, level_summary, per_country, worst
+from flows.commands import evaluate_command as evaluate_command
+from geor_core import uris
 from geor_core.config import RewardConfig, load_config
-from geor_core.dataset import read_prepared
-from geor_core.evaluation_report import COMPARISON_COLUMNS, comparison_rows, score_predictions
-from geor_core.geo import haversine_km
-from geor_core.predictions import EVALUATION_SCHEMA, evaluation_predictions
-from geor_core.published import detect_benchmark, published_rows
-from geor_core.rewards import score_completions
-from geor_core.scoring import read_table, score_files
+from geor_core.data import shards
+from geor_core.data.dataset import read_prepared
+from geor_core.geo import gazetteer
+from geor_core.geo.geo import haversine_km
+from geor_core.scoring import plots
+from geor_core.scoring.analysis import cor_consistency, level_summary, per_country, worst
+from geor_core.scoring.evaluation_report import COMPARISON_COLUMNS, comparison_rows, score_predictions
+from geor_core.scoring.predictions import EVALUATION_SCHEMA, evaluation_predictions
+from geor_core.scoring.published import detect_benchmark, published_rows
+from geor_core.scoring.rewards import score_completions
+from geor_core.scoring.scoring import read_table, score_files
 from tests.plugins.models import run_command
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from flows.cli import main
-from geor_core import registry
+from geor_core.registry import registry
 
 SETTINGS = ("eval.sampled_rows=0",)
 

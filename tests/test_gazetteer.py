@@ -1,4 +1,4 @@
-"""Country names/codes (geor_core.countries) and the offline gazetteer (geor_core.gazetteer)."""
+"""Country names/codes (geor_core.geo.countries) and the offline gazetteer (geor_core.geo.gazetteer)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pandas as pd
 import pycountry
 import pytest
 
-from geor_core import gazetteer
-from geor_core.countries import country_code, country_name, normalize_name
-from geor_core.geo import haversine_km, validate_coordinates
+from geor_core.geo import gazetteer
+from geor_core.geo.countries import country_code, country_name, normalize_name
+from geor_core.geo.geo import haversine_km, validate_coordinates
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LOOKUP_KEYS = {

@@ -1,4 +1,4 @@
-"""Haversine distance and coordinate validation (geor_core.geo)."""
+"""Haversine distance and coordinate validation (geor_core.geo.geo)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geor_core import geo
+from geor_core.geo import geo
 
 # Expected distances were computed independently with mpmath at 40 digits, using the
 # atan2 (Vincenty, sphere) central-angle formula and R = 6371.0088 km. They agree with the

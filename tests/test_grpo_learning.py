@@ -4,7 +4,7 @@ held-out rows (measured here, independently of TRL). Greedy metrics are printed 
 never asserted: DESIGN.md records that GRPO on this world raises the sampled reward while greedy
 accuracy may drift (the policy hedges toward a country's centre).
 
-The held-out measure: geor_core.sampled_reward (the same code as `geor evaluate`'s
+The held-out measure: geor_core.training.sampled_reward (the same code as `geor evaluate`'s
 ``sampled_reward`` column), ``SAMPLES_PER_ROW`` completions per val and test row (fixed seeds,
 temperature ``grpo.temperature``) from the SFT export and from the GRPO export, scored with the
 run's reward config; the means are compared with a margin (``MIN_HELD_OUT_GAIN``), not a bare
@@ -21,9 +21,9 @@ import pyarrow as pa
 
 from geor_core import uris
 from geor_core.config import GeorConfig, load_config
-from geor_core.dataset import read_prepared
-from geor_core.grpo_setup import GRPO_COLUMNS
-from geor_core.sampled_reward import greedy_metrics, load_policy, sampled_reward, single_torch_thread
+from geor_core.data.dataset import read_prepared
+from geor_core.training.grpo_setup import GRPO_COLUMNS
+from geor_core.training.sampled_reward import greedy_metrics, load_policy, sampled_reward, single_torch_thread
 from tasks.grpo import run_grpo
 
 # The learning run: 4 prompts x G = 4 per step, a learning rate the tiny model moves at in 100

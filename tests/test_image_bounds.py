@@ -1,4 +1,4 @@
-"""geor_core.images: photos are decoded straight down to ``model.max_pixels``, photos declaring more
+"""geor_core.data.images: photos are decoded straight down to ``model.max_pixels``, photos declaring more
 than ``model.max_image_pixels`` are refused per row from their header, small photos decode exactly
 as before, and inference, training and the sampled reward all load photos this way.
 
@@ -23,7 +23,7 @@ from PIL import Image
 
 from benchmarks.image_memory import blank_png
 from geor_core.config import ModelConfig, load_config
-from geor_core.images import ImageTooLarge, load_image, model_input_size
+from geor_core.data.images import ImageTooLarge, load_image, model_input_size
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ModelConfig()  # max_pixels 448x448, max_image_pixels 40 MP
@@ -51,7 +51,7 @@ CHILD = """
 import json, sys
 from dataclasses import replace
 from geor_core.config import ModelConfig
-from geor_core.images import load_image
+from geor_core.data.images import load_image
 
 def peak():
     status = open("/proc/self/status").read()
@@ -136,7 +136,7 @@ def test_a_photo_within_max_pixels_decodes_exactly_as_a_plain_decode(tmp_path, m
 
 
 def _processed(image: Image.Image) -> dict[str, np.ndarray]:
-    from geor_core.image_processor import build_image_processor
+    from geor_core.training.image_processor import build_image_processor
 
     return build_image_processor(DEFAULT.min_pixels, DEFAULT.max_pixels)(images=[image], return_tensors="np")
 
@@ -171,7 +171,7 @@ def test_the_geolocator_reports_a_huge_photo_in_its_row_and_sees_only_bounded_ph
 ):
     import torch
 
-    from geor_core import generation
+    from geor_core.training import generation
     from tasks.batch_inference import Geolocator
 
     cfg = load_config("test")
@@ -199,8 +199,8 @@ def test_the_geolocator_reports_a_huge_photo_in_its_row_and_sees_only_bounded_ph
 
 
 def test_training_datasets_load_photos_through_the_bounded_loader(photos):
-    from geor_core.grpo_setup import GRPO_COLUMNS, grpo_dataset
-    from geor_core.sft_setup import SFT_COLUMNS, sft_dataset
+    from geor_core.training.grpo_setup import GRPO_COLUMNS, grpo_dataset
+    from geor_core.training.sft_setup import SFT_COLUMNS, sft_dataset
 
     model = load_config("test").model  # max_pixels 3136
     uris = [photos["large"], photos["huge"]]
@@ -218,7 +218,7 @@ def test_training_datasets_load_photos_through_the_bounded_loader(photos):
 
 
 def test_the_sampled_reward_counts_a_huge_photo_as_unreadable(photos, monkeypatch):
-    from geor_core import sampled_reward
+    from geor_core.training import sampled_reward
 
     seen: list[tuple[int, int]] = []
 

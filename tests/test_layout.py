@@ -10,6 +10,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"geor_core": set(), "tasks": {"geor_core"}, "flows": {"tasks", "geor_core"}}
 FORBIDDEN_IN_CORE = {"ray"}
+# geor_core's domains and the ones each may import; the root modules (config, errors, uris,
+# ownership) import no domain.
+CORE_GROUPS = {
+    "geo": set(),
+    "data": {"geo"},
+    "scoring": {"geo"},
+    "training": {"geo", "data", "scoring"},
+    "registry": set(),
+}
 
 
 def _modules(package: str) -> list[Path]:
@@ -36,6 +45,46 @@ def test_imports_flow_flows_to_tasks_to_core(package):
         )
         if package == "geor_core":
             assert not roots & FORBIDDEN_IN_CORE, f"{path.relative_to(ROOT)} imports Ray; geor_core must not"
+
+
+def _core_imports(path: Path) -> set[str]:
+    """The geor_core domains (or "root") that a module imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "geor_core" and len(parts) > 1:
+                found.add(parts[1] if parts[1] in CORE_GROUPS else "root")
+    return found
+
+
+def test_core_domains_import_in_one_direction():
+    """geor_core is grouped by domain; imports between domains follow CORE_GROUPS (no cycles)."""
+    core = ROOT / "geor_core"
+    grouped = {path.parent.name for path in core.glob("*/__init__.py")}
+    assert grouped == set(CORE_GROUPS), f"domains on disk {sorted(grouped)} != {sorted(CORE_GROUPS)}"
+    for path in _modules("geor_core"):
+        own = path.parent.name if path.parent != core else "root"
+        allowed = {"root", own} | CORE_GROUPS.get(own, set())
+        if own == "root":
+            allowed = {"root"}
+        wrong = _core_imports(path) - allowed
+        assert not wrong, f"{path.relative_to(ROOT)} imports geor_core domains {wrong}; allowed {allowed}"
+
+
+def test_no_module_shares_its_name_with_one_in_another_layer():
+    names: dict[str, set[str]] = {}
+    for package in LAYERS:
+        for path in _modules(package):
+            if path.stem != "__init__":
+                names.setdefault(path.stem, set()).add(package)
+    shared = {name: layers for name, layers in names.items() if len(layers) > 1}
+    assert not shared, f"module names used in more than one layer: {shared}"
 
 
 def test_every_module_says_what_it_is_for():

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from geor_core.config import load_config
-from geor_core.cor_rows import (
+from geor_core.data.cor_rows import (
     DUPLICATE_ID,
     MISSING_ID,
     MISSING_IMAGE,
@@ -22,15 +22,15 @@ from geor_core.cor_rows import (
     assign_splits,
     prepare_batch,
 )
-from geor_core.dataset import read_prepared, read_rejects, require_prepared
-from geor_core.dedupe import candidate_rows, duplicate_rows, hash_ids
+from geor_core.data.dataset import read_prepared, read_rejects, require_prepared
+from geor_core.data.dedupe import candidate_rows, duplicate_rows, hash_ids
+from geor_core.data.image_check import IMAGE_MISSING, IMAGE_UNDECODABLE, check_images
+from geor_core.data.image_refs import reference_rule, resolve_references
+from geor_core.data.manifest import ColumnRoles, iter_batches, list_manifest_files, resolve_columns
+from geor_core.data.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block
+from geor_core.data.prepare_output import check_settings
 from geor_core.errors import UserFacingError
-from geor_core.image_check import IMAGE_MISSING, IMAGE_UNDECODABLE, check_images
-from geor_core.image_refs import reference_rule, resolve_references
-from geor_core.manifest import ColumnRoles, iter_batches, list_manifest_files, resolve_columns
-from geor_core.parse import parse_many
-from geor_core.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block
-from geor_core.prepare_output import check_settings
+from geor_core.geo.parse import parse_many
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STREET_IMAGES = FIXTURES / "streetscapes" / "images"

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from geor_core.geo import EARTH_RADIUS_KM
-from geor_core.metrics import compute_metrics
+from geor_core.geo.geo import EARTH_RADIUS_KM
+from geor_core.scoring.metrics import compute_metrics
 
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180.0  # along a meridian
 

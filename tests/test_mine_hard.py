@@ -11,14 +11,14 @@ import pandas as pd
 import pyarrow.compute as pc
 import pytest
 
-from flows import mine_hard as mine_hard_command
+from flows.commands import mine_hard_command as mine_hard_command
 from geor_core import uris
 from geor_core.config import load_config
-from geor_core.cor_rows import OUTPUT_SCHEMA
-from geor_core.dataset import read_prepared
+from geor_core.data.cor_rows import OUTPUT_SCHEMA
+from geor_core.data.dataset import read_prepared
 from geor_core.errors import UserFacingError
-from geor_core.geo import haversine_km
-from geor_core.scoring import read_table
+from geor_core.geo.geo import haversine_km
+from geor_core.scoring.scoring import read_table
 from tasks.mine_hard import hard_row_ids, run_mine_hard
 from tests.plugins.models import run_command
 

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows import make_tiny_model
 from flows.cli import main
+from flows.commands import make_tiny_model_command as make_tiny_model
 from geor_core.config import LoraConfig, ModelConfig, load_config, preset_names
-from geor_core.cor import cor_target
 from geor_core.errors import UserFacingError
-from geor_core.prompts import INSTRUCTION, user_turn
+from geor_core.geo.cor import cor_target
+from geor_core.geo.prompts import INSTRUCTION, user_turn
 from tests.plugins.models import run_command
 
 STREETSCAPES = Path(__file__).parent / "fixtures" / "streetscapes"
@@ -29,8 +29,8 @@ PIXELS_PER_IMAGE_TOKEN = 28 * 28  # 14 px patches merged 2x2
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    """(model, processor) loaded through geor_core.models with the test preset's settings."""
-    from geor_core.models import load_model, load_processor
+    """(model, processor) loaded through geor_core.training.model_loading with the test preset's settings."""
+    from geor_core.training.model_loading import load_model, load_processor
 
     cfg = load_config("test", [f"model.name_or_path={tiny_model_dir}"])
     return load_model(cfg.model), load_processor(cfg.model)
@@ -47,8 +47,8 @@ def _world_photo(world_dir: Path) -> Image.Image:
 def test_tiny_model_reloads_with_plain_transformers_and_generates(tiny_model_dir, world_dir):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    import geor_core.image_processor  # noqa: F401  (registers the image-only processor with AutoProcessor)
-    from geor_core.generation import generate
+    import geor_core.training.image_processor  # noqa: F401  (registers the image-only processor with AutoProcessor)
+    from geor_core.training.generation import generate
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
@@ -66,7 +66,7 @@ def test_tiny_model_reloads_with_plain_transformers_and_generates(tiny_model_dir
 
 
 def test_tiny_model_build_is_deterministic(tmp_path):
-    from geor_core.tiny_model import save_tiny_model
+    from geor_core.training.tiny_model import save_tiny_model
 
     first, second = tmp_path / "a", tmp_path / "b"
     sizes = save_tiny_model(first, 3136, 3136, seed=0)
@@ -124,7 +124,7 @@ def test_chat_template_on_tokenizer_and_processor_agree(tiny, world_dir):
 
 @pytest.mark.parametrize("max_pixels", [3136, 28 * 28 * 16])
 def test_load_processor_applies_the_configured_image_budget(tiny_model_dir, max_pixels):
-    from geor_core.models import load_processor
+    from geor_core.training.model_loading import load_processor
 
     processor = load_processor(
         ModelConfig(name_or_path=str(tiny_model_dir), min_pixels=3136, max_pixels=max_pixels)
@@ -140,7 +140,7 @@ def test_load_processor_applies_the_configured_image_budget(tiny_model_dir, max_
 
 
 def test_batched_generation_matches_one_by_one_and_sampling_is_seeded(tiny, world_dir):
-    from geor_core.generation import generate
+    from geor_core.training.generation import generate
 
     model, processor = tiny
     images = [_street_photo(), _world_photo(world_dir), _street_photo()]
@@ -167,7 +167,7 @@ def test_batched_generation_matches_one_by_one_and_sampling_is_seeded(tiny, worl
 def test_lora_adapters_attach_and_only_they_train(tiny_model_dir):
     import torch
 
-    from geor_core.models import apply_lora, load_model
+    from geor_core.training.model_loading import apply_lora, load_model
 
     model = load_model(str(tiny_model_dir))
     assert apply_lora(model, LoraConfig(enabled=False)) is model
@@ -187,7 +187,7 @@ def test_lora_adapters_attach_and_only_they_train(tiny_model_dir):
 
 @pytest.mark.parametrize("preset", ["qwen2.5-vl-3b", "qwen2.5-vl-7b"])
 def test_real_presets_validate_and_fail_clearly_offline(preset):
-    from geor_core.models import load_model, load_processor
+    from geor_core.training.model_loading import load_model, load_processor
 
     cfg = load_config(preset)
     assert cfg.model.dtype == "bfloat16" and cfg.sft.zero_stage == 3
@@ -208,7 +208,7 @@ def test_every_preset_validates():
 
 
 def test_missing_local_model_names_the_path_and_the_fix(tmp_path, monkeypatch):
-    from geor_core.models import load_model, load_processor
+    from geor_core.training.model_loading import load_model, load_processor
 
     missing = tmp_path / "no-such-model"
     for load in (load_model, load_processor):
@@ -230,7 +230,7 @@ def test_missing_local_model_names_the_path_and_the_fix(tmp_path, monkeypatch):
 def test_dtype_and_device_resolution():
     import torch
 
-    from geor_core.models import resolve_device, resolve_dtype
+    from geor_core.training.model_loading import resolve_device, resolve_dtype
 
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("auto", "cuda") == torch.bfloat16
@@ -246,7 +246,7 @@ def test_model_loads_from_s3_through_the_local_cache(
     tiny_model_dir, s3_server, s3_prefix, tmp_path, monkeypatch
 ):
     from geor_core import uris
-    from geor_core.models import load_model, load_processor
+    from geor_core.training.model_loading import load_model, load_processor
 
     s3_server.fs.put(str(tiny_model_dir) + "/", s3_prefix.removeprefix("s3://"), recursive=True)
     copies = []
@@ -267,7 +267,7 @@ def test_model_loads_from_s3_through_the_local_cache(
 def test_model_loads_from_the_mlflow_registry(tiny_model_dir, mlflow_server, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from geor_core.models import load_model
+    from geor_core.training.model_loading import load_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     client = MlflowClient(tracking_uri=mlflow_server)

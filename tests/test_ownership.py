@@ -115,7 +115,7 @@ def test_an_output_of_an_older_geor_is_still_accepted(tmp_path, capsys):
 
 
 def test_make_tiny_model_overwrite_in_its_own_folder_keeps_other_files(tmp_path, capsys, monkeypatch):
-    from geor_core import tiny_model
+    from geor_core.training import tiny_model
 
     def save(directory, min_pixels, max_pixels, seed=0):  # the real build takes 10-25 s on 2 cores
         (Path(directory) / "config.json").write_text(json.dumps({"seed": seed}))

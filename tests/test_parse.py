@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geor_core.parse import MAX_NAME_CHARS, Parsed, parse_completion, parse_many
+from geor_core.geo.parse import MAX_NAME_CHARS, Parsed, parse_completion, parse_many
 
 COR = "<think>Japan, Hokkaido, Biei.</think><answer>Country: Japan; State: Hokkaido; City: Biei; Coordinates: (43.452002, 142.615358)</answer>"
 

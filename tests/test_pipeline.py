@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flows import pipeline as pipeline_command
+from flows.commands import pipeline_command as pipeline_command
 from tests.plugins.models import run_command
 
 # small GRPO and evaluation: the point here is the orchestration, not learning
@@ -83,8 +83,8 @@ def test_registered_version_traces_back_to_the_manifest_and_prepared_rows(
 ):
     from mlflow import MlflowClient
 
-    from geor_core import registry
-    from geor_core.lineage import data_fingerprint
+    from geor_core.registry import registry
+    from geor_core.registry.lineage import data_fingerprint
 
     client = registry.client(mlflow_server)
     version = registry.get_version(client, pipeline_runs["name"], "1")

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows import predict as predict_command
 from flows.cli import main
+from flows.commands import predict_command as predict_command
 from geor_core import uris
+from geor_core.data.photo_inputs import list_photos
 from geor_core.errors import UserFacingError
-from geor_core.photo_inputs import list_photos
-from geor_core.predictions import PHOTO_SCHEMA
+from geor_core.scoring.predictions import PHOTO_SCHEMA
 from tests.plugins.models import run_command
 from tests.test_evaluate import assert_png
 

@@ -19,11 +19,11 @@ import pytest
 
 from flows.cli import main
 from geor_core.config import load_config
-from geor_core.cor_rows import REASON_CODES
-from geor_core.countries import country_code
-from geor_core.dataset import read_prepared, read_rejects
+from geor_core.data.cor_rows import REASON_CODES
+from geor_core.data.dataset import read_prepared, read_rejects
 from geor_core.errors import UserFacingError
-from geor_core.parse import parse_many
+from geor_core.geo.countries import country_code
+from geor_core.geo.parse import parse_many
 from tasks.prepare import PrepareOutcome, run_prepare
 from tests.plugins.servers import free_port
 

@@ -1,4 +1,4 @@
-"""The champion gate's rule (geor_core/promotion.py) on hand-made scorecards: no server, no model."""
+"""The champion gate's rule (geor_core/registry/promotion.py) on hand-made scorecards: no server, no model."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from geor_core.config import RegistryConfig
 from geor_core.errors import UserFacingError
-from geor_core.promotion import decide
+from geor_core.registry.promotion import decide
 
 
 def rules(**values) -> RegistryConfig:

@@ -1,4 +1,4 @@
-"""Champion moves are crash-safe and compare-and-set (geor_core/registry.py, flows/promotion_gate.py):
+"""Champion moves are crash-safe and compare-and-set (geor_core/registry/registry.py, flows/promotion_gate.py):
 each move is an event on the version it promotes, written before the alias moves, so history and
 alias never disagree; a move decided against a champion that has changed since is refused; moves
 are serialised by the registry lock. Against the session's MLflow server, with versions registered
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from geor_core import registry
 from geor_core.errors import UserFacingError
-from geor_core.run_lock import LockHeld, RunLock
+from geor_core.registry import registry
+from geor_core.registry.run_lock import LockHeld, RunLock
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The registry's champion alias, its history and rollback (geor_core/registry.py), and `geor models
+"""The registry's champion alias, its history and rollback (geor_core/registry/registry.py), and `geor models
 list | promote | rollback` through the real CLI, against the session's MLflow server. Versions are
 registered from an empty run (no model files): these tests are about the alias, not the weights."""
 
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from flows.cli import main
-from geor_core import registry
 from geor_core.errors import UserFacingError
+from geor_core.registry import registry
 
 MANIFEST = "/data/world/manifest.csv"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from geor_core import registry
+from geor_core.registry import registry
 
 QUICK = ("grpo.max_steps=2", "grpo.eval_steps=2", "grpo.save_steps=2", "grpo.val_rows=4")
 GATE = ("eval.max_rows=12", "eval.sampled_rows=0")
@@ -158,7 +158,7 @@ def recorded_champion(mlflow_server: str, name: str, prepared: str) -> str:
 def test_a_second_retrain_is_refused_naming_the_holder(
     tracked, s3_prefix, prepared_world, world_dir, tmp_path, capsys, mlflow_server
 ):
-    from geor_core.run_lock import RunLock
+    from geor_core.registry.run_lock import RunLock
 
     recorded_champion(mlflow_server, tracked, prepared_world)
     lock = f"{s3_prefix}/retrain.lock"
@@ -172,7 +172,7 @@ def test_a_second_retrain_is_refused_naming_the_holder(
 def test_a_killed_retrain_leaves_one_champion_and_its_lock_expires(
     tracked, prepared_world, world_dir, tmp_path, mlflow_server
 ):
-    from geor_core.run_lock import RunLock
+    from geor_core.registry.run_lock import RunLock
 
     first = recorded_champion(mlflow_server, tracked, prepared_world)
     manifest = new_manifest(world_dir, tmp_path / "new.csv", 10)

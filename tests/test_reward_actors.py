@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import ray
 
-from geor_core import gazetteer
 from geor_core.config import RewardConfig
-from geor_core.countries import country_name
-from geor_core.rewards import REWARD_KEYS, score_completions
+from geor_core.geo import gazetteer
+from geor_core.geo.countries import country_name
+from geor_core.scoring.rewards import REWARD_KEYS, score_completions
 from tasks.reward_actors import RewardActorPool, RewardPoolError
 
 CONFIGS = {

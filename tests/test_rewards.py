@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from geor_core.config import RewardConfig
-from geor_core.geo import haversine_km
-from geor_core.rewards import (
+from geor_core.geo.geo import haversine_km
+from geor_core.scoring.rewards import (
     REWARD_KEYS,
     distance_reward,
     exp_distance_reward,

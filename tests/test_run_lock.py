@@ -19,15 +19,15 @@ import pytest
 
 from geor_core import uris
 from geor_core.errors import UserFacingError
-from geor_core.run_lock import LockHeld, LockLost, RunLock
-from geor_core.run_lock_stores import lock_store
+from geor_core.registry.run_lock import LockHeld, LockLost, RunLock
+from geor_core.registry.run_lock_stores import lock_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # A process that takes the lock, says so, and holds it until it is killed.
 HOLDER = """
 import sys, time
-from geor_core.run_lock import RunLock
+from geor_core.registry.run_lock import RunLock
 RunLock(sys.argv[1], ttl_s=float(sys.argv[2]), heartbeat_s=float(sys.argv[3])).acquire()
 print("held", flush=True)
 time.sleep(300)

@@ -1,4 +1,4 @@
-"""geor_core.sampled_reward: GRPO's objective measured on rows (unit, with a scripted generator),
+"""geor_core.training.sampled_reward: GRPO's objective measured on rows (unit, with a scripted generator),
 and on the session's models: the shared SFT checkpoint's sampled reward clearly beats the
 untrained tiny model's.
 """
@@ -10,12 +10,12 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from geor_core import gazetteer
-from geor_core import sampled_reward as module
 from geor_core.config import RewardConfig, load_config
-from geor_core.dataset import read_prepared
-from geor_core.grpo_setup import GRPO_COLUMNS
-from geor_core.sampled_reward import (
+from geor_core.data.dataset import read_prepared
+from geor_core.geo import gazetteer
+from geor_core.training import sampled_reward as module
+from geor_core.training.grpo_setup import GRPO_COLUMNS
+from geor_core.training.sampled_reward import (
     completion_metrics,
     greedy_metrics,
     load_policy,

@@ -14,9 +14,9 @@ import pytest
 
 from flows.cli import main
 from geor_core import uris
-from geor_core.evaluation_report import COMPARISON_COLUMNS
-from geor_core.geo import EARTH_RADIUS_KM, haversine_km
-from geor_core.scoring import METRIC_COLUMNS
+from geor_core.geo.geo import EARTH_RADIUS_KM, haversine_km
+from geor_core.scoring.evaluation_report import COMPARISON_COLUMNS
+from geor_core.scoring.scoring import METRIC_COLUMNS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IM2GPS3K = FIXTURES / "im2gps3k.csv"
@@ -235,7 +235,7 @@ def test_s3_round_trip(capsys, s3_prefix):
 
 
 def test_score_command_does_not_import_ray():
-    probe = "import sys, flows.score; sys.exit(1 if 'ray' in sys.modules else 0)"
+    probe = "import sys, flows.commands.score_command; sys.exit(1 if 'ray' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
 
 

@@ -40,9 +40,9 @@ def _assert_trained_export(result, base_dir: Path) -> None:
     from PIL import Image
     from transformers import AutoModelForImageTextToText
 
-    import geor_core.image_processor  # noqa: F401  (registers the image-only processor)
-    from geor_core.generation import generate
-    from geor_core.models import load_processor
+    import geor_core.training.image_processor  # noqa: F401  (registers the image-only processor)
+    from geor_core.training.generation import generate
+    from geor_core.training.model_loading import load_processor
 
     model = AutoModelForImageTextToText.from_pretrained(result.export_uri)
     processor = load_processor(result.export_uri)
@@ -123,12 +123,12 @@ def test_incompatible_training_options_are_config_errors(override, message):
 def test_shared_sft_checkpoint_learns_the_chain_format(sft_checkpoint, prepared_world, tiny_model_dir):
     """After the test preset's SFT, completions parse and name the right country far more often
     than the untrained model's (which writes no parseable answer at all)."""
-    from geor_core.countries import country_code
-    from geor_core.dataset import read_prepared
-    from geor_core.generation import generate
-    from geor_core.images import load_image
-    from geor_core.models import load_model, load_processor
-    from geor_core.parse import parse_completion
+    from geor_core.data.dataset import read_prepared
+    from geor_core.data.images import load_image
+    from geor_core.geo.countries import country_code
+    from geor_core.geo.parse import parse_completion
+    from geor_core.training.generation import generate
+    from geor_core.training.model_loading import load_model, load_processor
 
     rows = read_prepared(prepared_world, columns=["image", "country_code", "split"]).to_pylist()
     rows = [r for r in rows if r["split"] != "train"]

@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from flows import cli
-from flows import grpo as grpo_command
-from flows import sweep as sweep_command
+from flows.commands import grpo_command as grpo_command
+from flows.commands import sweep_command as sweep_command
 from geor_core import uris
 from geor_core.config import load_config
 from geor_core.errors import UserFacingError
@@ -319,7 +319,7 @@ def test_the_best_trial_is_a_finished_one_in_the_objectives_direction():
 
 def test_asha_rungs_stop_short_of_a_trials_last_validation():
     from geor_core.config import ConfigError
-    from geor_core.sweep_space import parse_space
+    from geor_core.training.sweep_space import parse_space
     from tasks.sweep import asha_max_t
 
     space = parse_space({"grpo.beta": [0.0, 0.04]}, "s.yaml")

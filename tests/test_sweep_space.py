@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from geor_core.config import ConfigError, load_config
-from geor_core.sweep_space import (
+from geor_core.training.sweep_space import (
     OBJECTIVES,
     check_space,
     load_space,

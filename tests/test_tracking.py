@@ -1,4 +1,4 @@
-"""geor_core.tracking and geor_core.lineage against the session's real MLflow server (and moto)."""
+"""geor_core.registry.tracking and geor_core.registry.lineage against the session's real MLflow server (and moto)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 
-from geor_core import lineage, tracking, uris
+from geor_core import uris
 from geor_core.config import is_secret_key, load_config
 from geor_core.errors import UserFacingError
+from geor_core.registry import lineage, tracking
 from tests.plugins.servers import free_port
 
 

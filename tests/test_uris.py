@@ -184,7 +184,7 @@ def test_marker_of_a_plain_file_is_absent_not_an_error(tmp_path):
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("id,lat,lon\n")
     assert uris.read_marker(str(manifest)) is None
-    from geor_core.lineage import data_fingerprint
+    from geor_core.registry.lineage import data_fingerprint
 
     assert data_fingerprint(str(manifest)) == data_fingerprint(str(manifest))
 

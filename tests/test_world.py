@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
-from geor_core.gazetteer import lookup
+from geor_core.data.world import MARKER_PX, STATES_PER_COUNTRY, WorldSpec, build_world, choose_places
+from geor_core.geo.gazetteer import lookup
 from geor_core.ownership import RECORD_NAME
-from geor_core.world import MARKER_PX, STATES_PER_COUNTRY, WorldSpec, build_world, choose_places
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -37,7 +37,7 @@ def run_command(module: ModuleType, argv: list[str]) -> int:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model built once per session with the test preset."""
-    from flows import make_tiny_model
+    from flows.commands import make_tiny_model_command as make_tiny_model
 
     output = tmp_path_factory.mktemp("models") / "tiny-model"
     started = time.monotonic()
@@ -49,7 +49,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic world (the test preset's size) built once per session."""
-    from flows import make_world
+    from flows.commands import make_world_command as make_world
 
     output = tmp_path_factory.mktemp("worlds") / "world"
     started = time.monotonic()

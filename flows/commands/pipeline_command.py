@@ -1,0 +1,69 @@
+"""`geor pipeline [--config P] [--manifest URI] [--model URI] [--output ROOT] [--from STAGE | --only
+STAGE[,STAGE]] [key=value ...]`: the whole workflow, prepare -> SFT -> mine hard -> GRPO ->
+evaluate (base / SFT / SFT+GRPO) -> register with the champion gate.
+
+Re-running skips every stage whose output is complete for unchanged inputs and settings, and
+resumes a crashed one (flows/pipeline_run.py). Prints stage progress, the comparison table, the
+gate's decision and one JSON line. Submit it to a cluster with
+``ray job submit --working-dir . -- python -m flows pipeline ...`` (README, "Running on a cluster").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from flows.commands.config_args import add_config_arguments, config_from_args, local_paths_absolute
+from flows.pipeline_run import STAGES, run_pipeline
+
+FLAG_KEYS = {"manifest": "prepare.manifest", "model": "model.name_or_path", "output": "storage.root"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--manifest", help="photos with GPS: CSV / Parquet / JSONL, local or s3:// (prepare.manifest)"
+    )
+    parser.add_argument("--model", help="the base model: local dir, s3://, hub id or models:/NAME@ALIAS")
+    parser.add_argument("--output", help="root of every stage's output, local or s3:// (storage.root)")
+    parser.add_argument(
+        "--from", dest="from_stage", choices=STAGES, help="re-run this stage and the later ones"
+    )
+    parser.add_argument(
+        "--only",
+        help=f"run just these stages (comma-separated: {','.join(STAGES)}); inputs from earlier runs",
+    )
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, FLAG_KEYS)
+    from geor_core.registry.tracking import tracking_uri
+    from geor_core.scoring.evaluation_report import COMPARISON_COLUMNS, markdown_table
+    from geor_core.uris import redact_uri
+
+    root = str(local_paths_absolute("output", cfg.storage.root))
+    # preset paths are relative to where the command runs; Ray workers run elsewhere
+    cfg.model.name_or_path = str(local_paths_absolute("name_or_path", cfg.model.name_or_path))
+    if cfg.prepare.manifest:
+        cfg.prepare.manifest = str(local_paths_absolute("manifest", cfg.prepare.manifest))
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    result = run_pipeline(cfg, root, from_stage=args.from_stage, only=only)
+    if result.comparison:
+        print(markdown_table(result.comparison, COMPARISON_COLUMNS))
+    summary = {
+        "root": root,
+        "stages": {name: outcome.status for name, outcome in result.stages.items()},
+        "parent_run_id": result.parent_run_id,
+        "mlflow": redact_uri(tracking_uri(cfg)) or None,
+    }
+    if result.gate is not None:
+        summary["registered"] = {
+            "model": result.gate.model_name,
+            "version": result.gate.version,
+            "promoted": result.gate.promoted,
+            "reason": result.gate.decision.reason,
+        }
+    print(json.dumps(summary), flush=True)
+    print(f"MLflow: {summary['mlflow'] or 'not tracking'}", file=sys.stderr)
+    return 0

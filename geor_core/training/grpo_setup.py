@@ -1,0 +1,176 @@
+"""Build TRL's GRPOTrainer for geolocation, Ray-free: the same construction runs inside each Ray
+Train worker (tasks/grpo.py, rewards from a Ray actor pool) and bare in one process (benchmarks).
+
+Choices:
+- TRL implements GRPO (group advantages, clipped loss, k3 KL with ``beta``; ``beta=0`` loads no
+  reference model); we only supply data, rewards and settings. Gradient checkpointing is off.
+- Rewards: one *scorer* call per batch returns every component (geor_core.scoring.rewards'
+  contract). Each component is exposed to TRL as its own reward function, with weight 1 for
+  ``combined`` and 0 for the rest, so TRL logs ``rewards/<name>/mean|std`` for all of them
+  (distance, format, chain, region, parse_failed, and acc_25/200/750 km, geoscore) while only the
+  combined reward drives the advantage. The scorer runs once per batch: the functions share a
+  memo keyed by the batch's completions and truth.
+- Validation is TRL's own evaluation on a fixed val subset (sampled, ``num_generations`` per
+  prompt): ``eval_reward`` ranks checkpoints and ``eval_rewards/acc_200km/mean`` etc. report
+  accuracy.
+- Timing: ``timing/generation_s`` (a thin ``_generate`` wrapper) and ``timing/reward_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from geor_core.config import GeorConfig, ModelConfig
+from geor_core.data.images import load_image
+from geor_core.geo.prompts import user_turn
+from geor_core.training.sft_setup import trainer_arguments
+
+GRPO_COLUMNS = ["id", "image", "lat", "lon", "country_code", "state", "city"]
+EXTRA_REWARDS = (
+    "distance",
+    "format",
+    "chain",
+    "region",
+    "parse_failed",
+    "acc_25km",
+    "acc_200km",
+    "acc_750km",
+    "geoscore",
+)
+Scorer = Callable[..., dict[str, np.ndarray]]
+
+
+def _examples(batch: dict[str, list], model: ModelConfig) -> dict[str, list]:
+    rows = dict(batch)
+    rows["prompt"] = [user_turn() for _ in batch["id"]]
+    rows["image"] = [load_image(uri, model) for uri in batch["image"]]
+    return rows
+
+
+def grpo_dataset(table: pa.Table, model: ModelConfig) -> Any:
+    """Prompt + image + truth columns; images decoded on access straight down to
+    ``model.max_pixels`` (geor_core.data.images), never held in memory."""
+    import datasets
+
+    dataset = datasets.Dataset(table.select(GRPO_COLUMNS))
+    dataset.set_transform(partial(_examples, model=model))
+    return dataset
+
+
+def with_threshold_components(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Add per-completion hits at 25/200/750 km and GeoScore (misses and missing are 0)."""
+    d = scores["distance_km"]
+    found = ~np.isnan(d)
+    out = dict(scores)
+    for km in (25, 200, 750):
+        out[f"acc_{km}km"] = (found & (np.nan_to_num(d, nan=np.inf) <= km)).astype(np.float64)
+    out["geoscore"] = np.where(found, 5000.0 * np.exp(-np.nan_to_num(d) / 1492.7), 0.0)
+    return out
+
+
+class RewardBoard:
+    """Scores each batch once with ``scorer`` and serves its components to TRL's reward functions."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self._key: tuple | None = None
+        self._scores: dict[str, np.ndarray] = {}
+        self.seconds = 0.0
+
+    def components(self, completions: list, kwargs: dict[str, Any]) -> dict[str, np.ndarray]:
+        key = (id(completions), len(completions), tuple(kwargs["id"]))
+        if key != self._key:
+            started = time.perf_counter()
+            scores = self.scorer(
+                completions,
+                np.asarray(kwargs["lat"], dtype=np.float64),
+                np.asarray(kwargs["lon"], dtype=np.float64),
+                list(kwargs["country_code"]),
+                list(kwargs["state"]),
+                list(kwargs["city"]),
+            )
+            elapsed = time.perf_counter() - started
+            self.seconds += elapsed
+            if "log_metric" in kwargs:
+                kwargs["log_metric"]("timing/reward_s", elapsed)
+            self._key, self._scores = key, with_threshold_components(scores)
+        return self._scores
+
+    def reward_function(self, name: str) -> Callable[..., list[float]]:
+        def reward(prompts: list, completions: list, **kwargs: Any) -> list[float]:
+            return self.components(completions, kwargs)[name].tolist()
+
+        reward.__name__ = name
+        return reward
+
+    def reward_functions(self) -> tuple[list[Callable], list[float]]:
+        """TRL ``reward_funcs`` and ``reward_weights``: combined drives learning, the rest are logged."""
+        names = ("combined", *EXTRA_REWARDS)
+        return [self.reward_function(n) for n in names], [1.0] + [0.0] * len(EXTRA_REWARDS)
+
+
+def grpo_arguments(cfg: GeorConfig, output_dir: str, *, has_eval: bool, reward_weights: list[float]) -> Any:
+    """TRL GRPOConfig from the ``grpo`` section."""
+    from trl import GRPOConfig
+
+    g = cfg.grpo
+    return GRPOConfig(
+        **trainer_arguments(g, output_dir, has_eval=has_eval),
+        num_generations=g.num_generations,
+        max_completion_length=g.max_completion_length,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        beta=g.beta,
+        epsilon=g.epsilon,
+        loss_type=g.loss_type,
+        use_vllm=g.use_vllm,
+        reward_weights=reward_weights,
+        log_completions=False,
+    )
+
+
+def timed_grpo_trainer_class() -> type:
+    """TRL's GRPOTrainer with generation time recorded as ``timing/generation_s``."""
+    from trl import GRPOTrainer
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        def _generate(self, prompts: list) -> Any:
+            started = time.perf_counter()
+            try:
+                return super()._generate(prompts)
+            finally:
+                self._log_metric("timing/generation_s", time.perf_counter() - started)
+
+    return TimedGRPOTrainer
+
+
+def build_grpo_trainer(
+    cfg: GeorConfig,
+    model: Any,
+    processor: Any,
+    train_table: pa.Table,
+    eval_table: pa.Table | None,
+    output_dir: str,
+    scorer: Scorer,
+    callbacks: list | None = None,
+) -> tuple[Any, RewardBoard]:
+    """TRL's GRPOTrainer over prepared rows, rewarded by ``scorer``; also returns the board."""
+    board = RewardBoard(scorer)
+    reward_funcs, weights = board.reward_functions()
+    has_eval = eval_table is not None and eval_table.num_rows > 0
+    trainer = timed_grpo_trainer_class()(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=grpo_arguments(cfg, output_dir, has_eval=has_eval, reward_weights=weights),
+        train_dataset=grpo_dataset(train_table, cfg.model),
+        eval_dataset=grpo_dataset(eval_table, cfg.model) if has_eval else None,
+        processing_class=processor,
+        callbacks=callbacks or [],
+    )
+    return trainer, board
