@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: install lint format test demo clean
+.PHONY: install lint format test test-fast demo clean
 DEMO_CONFIG ?= demo
 
 $(STAMP): pyproject.toml
@@ -26,6 +26,10 @@ format: install
 
 test: lint
 	$(BIN)/pytest --durations=15
+
+# The quick loop: everything but the tests marked slow (those that need the shared SFT checkpoint).
+test-fast: lint
+	$(BIN)/pytest -m "not slow" --durations=10
 
 # The main job on the embedded default: tiny model, synthetic world, local Ray, a local MLflow
 # server (sqlite under runs/demo/mlflow, left running for browsing). A re-run skips finished stages.

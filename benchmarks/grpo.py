@@ -90,8 +90,8 @@ def run_bare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     train = read_prepared(args.data, "train", GRPO_COLUMNS)
     val = read_prepared(args.data, "val", GRPO_COLUMNS).slice(0, cfg.grpo.val_rows)
 
-    def scorer(completions: list, lat: Any, lon: Any, country: list, state: list, city: list) -> dict:
-        return score_completions(completions, lat, lon, country, state, city, cfg.reward)
+    def scorer(completions: list, truth: Any) -> dict:
+        return score_completions(completions, truth, cfg.reward)
 
     output = Path(args.output)
     trainer, _ = build_grpo_trainer(cfg, model, processor, train, val, str(output / "trainer"), scorer)

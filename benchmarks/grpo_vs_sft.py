@@ -5,7 +5,7 @@
 
 Builds (cached under ``--workdir``) the tiny model and a synthetic world with graded ambiguity
 (``data.world_ambiguous_share``: a share of photos lose the position marker or get a faint state
-texture, so the one exact answer is not the distance-optimal guess: DESIGN.md says that is where
+texture, so the one exact answer is not the distance-optimal guess: docs/design.md says that is where
 GRPO's distance reward has an edge), prepares it and fine-tunes the SFT start. Then, each from
 that SFT export, on one local 2-CPU Ray cluster through the product's own stages:
 
@@ -22,7 +22,7 @@ Every model is evaluated on the held-out val + test rows (unseen settlements): g
 and ``--samples`` completions per row at ``grpo.temperature`` (fixed seeds), each with the field's
 metrics (acc@25/200/750 km, median km, state match) plus the sampled mean of the paper's reward
 (distance x format) for every arm. Prints one JSON object (settings, load average, rows, verdict)
-and the table in Markdown on stderr. The verdict answers the issue's goal: does a GRPO arm beat
+and the table in Markdown on stderr. The verdict answers the question: does a GRPO arm beat
 the control on greedy median km? If none does, it says so.
 """
 

@@ -19,7 +19,7 @@ section ``single_core`` has, per configuration, the completions scored per secon
 - ``point_region``: the same plus region from a gazetteer lookup of the predicted point (one
   KD-tree query per batch; the gazetteer is loaded before timing).
 
-Section ``ray_pool`` (tasks/reward_actors.py, issue 7) starts a local 2-CPU Ray cluster (loopback
+Section ``ray_pool`` (tasks/reward_actors.py) starts a local 2-CPU Ray cluster (loopback
 only, no dashboard), with the process's CPU pinning undone, and sends the same kind of mix, as
 TRL's conversational completions, through ``RewardActorPool.score`` with the default reward
 config (the paper's product; the text region is computed too): pools of 1 and 2 actors at 0.25
@@ -27,8 +27,8 @@ and 0.5 CPU, batches of 16, 64 (a GRPO step of the tiny preset scores 16-64 comp
 1024. Per pool and batch size: completions per second by wall clock over back-to-back calls and
 the per-call latency p50/p95 in ms; ``in_process`` is score_completions on the same batches in
 the driver, for the Ray overhead. ``reward_wait_share`` is the 64-completion p95 latency over
-``--grpo-step-s`` (default 0.5 s, the tiny GRPO step of DESIGN.md's prototype): issue 7's target
-is < 2% of step time. Ray's ``num_cpus`` is a reservation, not a cap: 0.25 and 0.5 differ only in
+``--grpo-step-s`` (default 0.5 s, a tiny-preset GRPO step): the target is < 2% of step time
+(docs/design.md). Ray's ``num_cpus`` is a reservation, not a cap: 0.25 and 0.5 differ only in
 how many actors fit. The machine's load average is printed beside, since other jobs share it.
 """
 
@@ -50,7 +50,7 @@ from geor_core.config import RewardConfig
 from geor_core.geo import gazetteer
 from geor_core.geo.countries import country_name
 from geor_core.geo.parse import parse_many
-from geor_core.scoring.rewards import score_completions
+from geor_core.scoring.rewards import Truth, score_completions
 
 MP16 = Path(__file__).resolve().parents[1] / "data" / "mp16_coords_100k.csv"
 THINK = [
@@ -119,6 +119,7 @@ def single_core(args: argparse.Namespace) -> dict[str, object]:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     completions, truth = build_batch(args.n, args.group_size, args.seed)  # loads the gazetteer too
+    every_truth = Truth.from_columns(truth)
     batches = [slice(start, start + args.batch_size) for start in range(0, args.n, args.batch_size)]
     base = RewardConfig(mode="weighted_sum", w_chain=0.1)
     configs = {
@@ -142,21 +143,10 @@ def single_core(args: argparse.Namespace) -> dict[str, object]:
 
         def score_all(cfg: RewardConfig = cfg) -> None:
             for batch in batches:
-                score_completions(
-                    completions[batch],
-                    truth["lat"][batch],
-                    truth["lon"][batch],
-                    truth["country_code"][batch],
-                    truth["state"][batch],
-                    truth["city"][batch],
-                    cfg,
-                )
+                score_completions(completions[batch], every_truth[batch], cfg)
 
         result[f"{name}_per_s"], result[f"{name}_cpu_per_s"] = per_second(args.n, score_all)
-    sample = score_completions(
-        completions[:10_000], truth["lat"][:10_000], truth["lon"][:10_000], truth["country_code"][:10_000],
-        truth["state"][:10_000], truth["city"][:10_000], configs["text_region"],
-    )  # fmt: skip
+    sample = score_completions(completions[:10_000], every_truth[:10_000], configs["text_region"])
     result["mix"] = {
         "parse_failed": float(sample["parse_failed"].mean()),
         "format": float(sample["format"].mean()),
@@ -195,10 +185,10 @@ def ray_pool(args: argparse.Namespace, cpus: set[int]) -> dict[str, object]:
     texts, truth = build_batch(args.ray_completions, args.group_size, args.seed + 1)
     completions = [[{"role": "assistant", "content": text}] for text in texts]  # as TRL sends them
     cfg = RewardConfig()
-    columns = ("lat", "lon", "country_code", "state", "city")
+    every_truth = Truth.from_columns(truth)
 
     def batch_args(rows: slice) -> list[object]:
-        return [completions[rows], *[truth[name][rows] for name in columns]]
+        return [completions[rows], every_truth[rows]]
 
     def calls_for(batch_size: int) -> int:
         return max(30, min(500, args.ray_completions // batch_size))

@@ -43,7 +43,6 @@ import argparse
 import inspect
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -54,6 +53,11 @@ from typing import Any
 from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.process_tree_cpu import measure  # noqa: E402
+from benchmarks.sft_report import BEST_OF, RATIOS, summarise  # noqa: E402
+
 PRESET = "test"
 RAY_CPUS = 2
 CONFIGS = {"bare": 1, "ray_1_worker": 1, "ray_2_workers": 2}  # name -> workers
@@ -264,138 +268,6 @@ def build_inputs(work: Path, rows: int, countries: int, env: dict[str, str]) -> 
         if built.returncode != 0:
             raise SystemExit(f"geor {command[0]} failed with exit code {built.returncode}; see {log}")
     return str(model), str(prepared)
-
-
-def _process_group(proc: Any) -> str:
-    """A short name for a process of a run's tree: driver, gcs_server, raylet, a Ray worker's title."""
-    try:
-        words = proc.cmdline()
-    except Exception:
-        return "?"
-    first = words[0] if words else proc.name()
-    if first.startswith("ray::"):
-        return first.split(" ")[0][:40]
-    if first.endswith(("python", "python3", "python3.11")) and len(words) > 1:
-        script = next((w for w in words[1:] if w.endswith(".py")), words[1])
-        return f"python {Path(script).name}"
-    return Path(first).name[:40]
-
-
-def measure(command: list[str], env: dict[str, str], log: Path) -> tuple[float, list]:
-    """Run ``command``; return its wall seconds and CPU samples ``[(time, {group: cpu_s})]`` of its
-    whole process tree, every 0.5 s (each process's CPU counted under its latest name)."""
-    import psutil
-
-    samples: list[tuple[float, dict[str, float]]] = []
-    cpu_by_pid: dict[int, tuple[str, float]] = {}
-    started = time.time()
-    with log.open("w") as output:
-        proc = subprocess.Popen(command + ["--launched-at", str(started)], stdout=output, stderr=output,
-                                env=env, cwd=ROOT, start_new_session=True)  # fmt: skip
-    root = psutil.Process(proc.pid)
-    try:
-        while proc.poll() is None:
-            try:
-                family = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                break
-            for member in family:
-                try:
-                    times = member.cpu_times()
-                    cpu_by_pid[member.pid] = (_process_group(member), times.user + times.system)
-                except psutil.Error:
-                    continue
-            groups: dict[str, float] = {}
-            for group, seconds in cpu_by_pid.values():
-                groups[group] = groups.get(group, 0.0) + seconds
-            samples.append((time.time(), groups))
-            time.sleep(0.5)
-        proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)  # a Ray driver shuts its cluster down on SIGINT
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-        raise
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed with exit code {proc.returncode}; see {log}")
-    return time.time() - started, samples
-
-
-def cores_in_window(samples: list, start: float, end: float) -> dict[str, float]:
-    """Average cores used by each process group between ``start`` and ``end`` (from CPU samples)."""
-    before = max((s for s in samples if s[0] <= start), key=lambda s: s[0], default=samples[0])
-    after = min((s for s in samples if s[0] >= end), key=lambda s: s[0], default=samples[-1])
-    span = max(after[0] - before[0], 1e-9)
-    used = {g: (after[1].get(g, 0.0) - before[1].get(g, 0.0)) / span for g in after[1]}
-    return {g: round(c, 3) for g, c in sorted(used.items(), key=lambda kv: -kv[1]) if c >= 0.005}
-
-
-def summarise(
-    record: dict[str, Any], seconds: float, samples: list, steps: int, warmup: int
-) -> dict[str, Any]:
-    """Per-step and fixed costs of one run, from its marks (all wall-clock, same machine)."""
-    worker, marks = record["worker"], record["marks"]
-    w_marks, ends, cpu, waits = worker["marks"], worker["step_ends"], worker["step_cpu"], worker["step_waits"]
-    if len(ends) != steps:
-        raise SystemExit(f"expected {steps} step timestamps, got {len(ends)}")
-    steady = (ends[-1] - ends[warmup - 1]) / (steps - warmup)
-    gaps = sorted(b - a for a, b in zip(ends[warmup - 1 : -1], ends[warmup:], strict=True))
-    cores = cores_in_window(samples, ends[warmup - 1], ends[-1])
-    launched = marks["launched"]
-    phases = {"python_start_and_imports": marks.get("driver_ready", w_marks["loop_entry"]) - launched}
-    if "ray_ready" in marks:
-        phases.update(
-            ray_init=marks["ray_ready"] - marks["driver_ready"],
-            worker_group_start=w_marks["loop_entry"] - marks["ray_ready"],
-        )
-    phases.update(
-        model_and_data_load=w_marks["build_start"] - w_marks["loop_entry"],
-        trainer_build=w_marks["trainer_built"] - w_marks["build_start"],
-        deepspeed_init=w_marks["train_begin"] - w_marks["trainer_built"],
-        steps=ends[-1] - w_marks["train_begin"],
-        final_save_and_train_end=w_marks["train_end"] - ends[-1],
-        export=w_marks["loop_exit"] - w_marks["train_end"],
-    )
-    if "ray_ready" in marks:
-        phases.update(
-            worker_group_stop=marks["run_returned"] - w_marks["loop_exit"],
-            ray_shutdown=marks["ray_shutdown"] - marks["run_returned"],
-        )
-    phases["process_exit"] = launched + seconds - marks.get("ray_shutdown", w_marks["loop_exit"])
-    metrics = record["train_metrics"]
-    return {
-        "steady_s_per_step": round(steady, 5),
-        "median_s_per_step": round(gaps[len(gaps) // 2], 5),
-        "worker_cpu_s_per_step": round((cpu[-1] - cpu[warmup - 1]) / (steps - warmup), 5),
-        "worker_runqueue_wait_s_per_step": round((waits[-1] - waits[warmup - 1]) / (steps - warmup), 5),
-        "first_steps_s": round(ends[warmup - 1] - w_marks["train_begin"], 2),
-        "trainer_s_per_step": round(metrics["train_runtime"] / steps, 5),  # includes the final save
-        "end_to_end_s": round(seconds, 2),
-        "fixed_s": round(seconds - steady * steps, 2),
-        "phases_s": {k: round(v, 2) for k, v in phases.items()},
-        "tree_cpu_s_per_step": round(sum(cores.values()) * steady, 5),  # every process of the run
-        "cores_during_steady_steps": cores,
-        "setup": worker["setup"],
-    }
-
-
-BEST_OF = (
-    "steady_s_per_step",
-    "median_s_per_step",
-    "worker_cpu_s_per_step",
-    "tree_cpu_s_per_step",
-    "end_to_end_s",
-    "fixed_s",
-)
-RATIOS = {
-    "per_step": "steady_s_per_step",
-    "per_step_median": "median_s_per_step",
-    "cpu_per_step": "worker_cpu_s_per_step",
-    "tree_cpu_per_step": "tree_cpu_s_per_step",
-    "end_to_end": "end_to_end_s",
-}
 
 
 def main() -> None:

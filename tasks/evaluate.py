@@ -26,15 +26,11 @@ reward over ``eval.sampled_per_row`` completions sampled with GRPO's settings on
 which greedy metrics do not show). It runs after batch inference as ONE Ray task with one
 inference actor's resources (a few dozen rows do not pay for a Ray Data pipeline), is the
 comparison's ``sampled_reward`` column, and is kept with a fingerprint so a re-run reuses it.
-MLflow: an ``evaluate`` run (comparison table, CDF plot, each model's headline metrics and
-sampled reward as ``<label>/<metric>``) with one child run per model (metrics, ``sampled_reward``
-and ``sampled/<component>``, per-split metrics, tables through
-``mlflow.log_table``, plots, the predictions URI as the tag ``geor.predictions_uri``).
+MLflow: an ``evaluate`` run with one child run per model (tasks/evaluation_logging.py).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass, replace
@@ -55,7 +51,6 @@ from geor_core.registry.lineage import data_fingerprint
 from geor_core.scoring import plots
 from geor_core.scoring.evaluation_report import (
     COMPARISON_COLUMNS,
-    METRIC_KEYS,
     ModelReport,
     comparison_rows,
     markdown_table,
@@ -72,6 +67,7 @@ from tasks.batch_inference import (
     ray_scope,
     run_sharded_inference,
 )
+from tasks.evaluation_logging import log_comparison, log_model_run
 from tasks.ray_session import connect_ray
 from tasks.training_run import check_model_source
 
@@ -187,13 +183,13 @@ def run_evaluate(
             evaluation = _evaluate_model(cfg, label, source, rows, output_uri, fingerprint)
             evaluations.append(evaluation)
             if run is not None:
-                _log_model(cfg, evaluation, output_uri)
+                log_model_run(cfg, evaluation, _model_dir(output_uri, label))
         comparison = comparison_rows(
             [(e.label, e.source, e.comparison_metrics()) for e in evaluations], benchmark
         )
         _write_comparison(output_uri, evaluations, comparison, benchmark)
         if run is not None:
-            _log_comparison(evaluations, comparison, output_uri, benchmark)
+            log_comparison(evaluations, comparison, output_uri, benchmark)
     uris.write_marker(
         output_uri,
         {
@@ -334,82 +330,3 @@ def _write_comparison(
     )
     curves = {e.label: e.error_km for e in evaluations}
     uris.write_atomic(uris.join(output_uri, "error_cdf.png"), plots.error_cdf_png(curves))
-
-
-def _numeric(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    return {
-        f"{prefix}{key}": float(value)
-        for key, value in metrics.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
-
-
-def log_png(png: bytes, artifact_file: str) -> None:
-    """Log PNG bytes to the active MLflow run as an image (shown in the run's UI)."""
-    import mlflow
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as image:
-        mlflow.log_image(image.convert("RGB"), artifact_file=artifact_file)
-
-
-def _log_model(cfg: GeorConfig, evaluation: ModelEvaluation, output_uri: str) -> None:
-    """A child run of the evaluate run for one model."""
-    import mlflow
-
-    report = evaluation.report
-    tags = tracking.lineage_tags(
-        cfg,
-        "evaluate",
-        {
-            "geor.model": evaluation.source,
-            "geor.model_label": evaluation.label,
-            "geor.predictions_uri": evaluation.predictions_uri,
-        },
-    )
-    experiment = mlflow.active_run().info.experiment_id  # else the child lands in the default experiment
-    with mlflow.start_run(
-        run_name=f"evaluate:{evaluation.label}", experiment_id=experiment, nested=True, tags=tags
-    ):
-        headline = {key: report.metrics.get(key) for key in METRIC_KEYS}
-        metrics = (
-            _numeric(headline) | _numeric(report.levels, "levels/") | _numeric(report.consistency, "cor/")
-        )
-        for split, result in report.splits.items():
-            metrics |= _numeric({key: result.get(key) for key in METRIC_KEYS}, f"{split}/")
-        if evaluation.sampled:
-            metrics["sampled_reward"] = evaluation.sampled["combined"]
-            metrics |= _numeric(evaluation.sampled, "sampled/")
-        if evaluation.inference.rows_per_second:
-            metrics["rows_per_second"] = evaluation.inference.rows_per_second
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict(report.summary(), "metrics.json")
-        mlflow.log_table(report.per_country, "per_country.json")
-        mlflow.log_table(report.worst, "worst.json")
-        directory = _model_dir(output_uri, evaluation.label)
-        for name in ("error_cdf.png", "world_map.png", "per_country.png"):
-            log_png(uris.read_bytes(uris.join(directory, "plots", name)), f"plots/{name}")
-
-
-def _log_comparison(
-    evaluations: list[ModelEvaluation],
-    comparison: list[dict[str, Any]],
-    output_uri: str,
-    benchmark: str | None,
-) -> None:
-    import mlflow
-
-    metrics: dict[str, float] = {}
-    for evaluation in evaluations:
-        headline = {key: evaluation.comparison_metrics().get(key) for key in (*METRIC_KEYS, "sampled_reward")}
-        metrics |= _numeric(headline, f"{evaluation.label}/")
-    mlflow.log_metrics(metrics)
-    mlflow.log_table(pd.DataFrame(comparison, columns=list(COMPARISON_COLUMNS)), "comparison.json")
-    mlflow.log_text(uris.read_text(uris.join(output_uri, "comparison.md")), "comparison.md")
-    log_png(uris.read_bytes(uris.join(output_uri, "error_cdf.png")), "error_cdf.png")
-    mlflow.set_tags(
-        {
-            "geor.benchmark": benchmark or "",
-            **{f"geor.predictions_uri.{e.label}": e.predictions_uri for e in evaluations},
-        }
-    )

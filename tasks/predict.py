@@ -32,7 +32,7 @@ from geor_core.scoring import plots
 from geor_core.scoring.predictions import photo_predictions
 from geor_core.scoring.scoring import read_table
 from tasks.batch_inference import InferenceRun, inference_fingerprint, ray_scope, run_sharded_inference
-from tasks.evaluate import log_png
+from tasks.evaluation_logging import log_png
 from tasks.training_run import check_model_source
 
 

@@ -45,7 +45,7 @@ from geor_core.registry import tracking  # noqa: E402
 from tasks.prepare_scan import ManifestScan, scan_manifest  # noqa: E402
 from tasks.ray_session import connect_ray
 
-ACTOR_CPUS = 0.5  # whole-CPU actors starve the read/write tasks on 2 cores (DESIGN.md)
+ACTOR_CPUS = 0.5  # whole-CPU actors starve the read/write tasks on 2 cores (docs/design.md)
 STREAMING_READ_CPUS = 0.25  # a read task that only parses, feeding transform tasks
 STREAMED_BLOCK_BYTES = 16 << 20
 REJECTS_SAMPLE_ROWS = 200

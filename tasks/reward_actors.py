@@ -16,7 +16,7 @@ caller unchanged and is not retried.
 
     pool = RewardActorPool(cfg.reward, cfg.grpo.reward_actors, cfg.grpo.reward_actor_cpus,
                            timeout_s=cfg.grpo.reward_timeout_s)
-    scores = pool.score(completions, lat, lon, country_code, state, city)  # dict of float64 arrays
+    scores = pool.score(completions, truth)  # a rewards.Truth; returns a dict of float64 arrays
     scores = await pool.score_async(...)  # the same, for TRL's async reward functions
     pool.stats()  # batches, completions, parse_failures, retries, timeouts, actors_replaced, ...
     pool.close()
@@ -42,17 +42,15 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
 
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
-from numpy.typing import ArrayLike  # noqa: E402
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, WorkerCrashedError  # noqa: E402
 
 from geor_core.config import RewardConfig  # noqa: E402
 from geor_core.geo.parse import completion_text  # noqa: E402
-from geor_core.scoring.rewards import RewardSettings, score_completions, truth_coordinates  # noqa: E402
+from geor_core.scoring.rewards import RewardSettings, Truth, needs_truth_names, score_completions  # noqa: E402
 
 # What a dead or unreachable actor raises (ActorDiedError and ActorUnavailableError are
 # RayActorErrors); anything else is the scoring's own error and goes to the caller.
 DEAD_ACTOR_ERRORS = (RayActorError, WorkerCrashedError, ObjectLostError)
-TRUTH_NAMES = ("truth_country_code", "truth_state", "truth_city")
 _WARM_UP_ANSWER = (
     "<think>Hokkaido.</think><answer>Country: Japan; State: Hokkaido; City: Biei; "
     "Coordinates: (43.452002, 142.615358)</answer>"
@@ -75,25 +73,15 @@ class RewardActor:
 
         self.reward_cfg = reward_cfg
         gazetteer.lookup(np.zeros(1), np.zeros(1))  # loads the KD-tree once for this process
-        score_completions([_WARM_UP_ANSWER], [43.45], [142.62], ["JP"], ["Hokkaido"], ["Biei"])  # pycountry
+        score_completions([_WARM_UP_ANSWER], Truth([43.45], [142.62], ["JP"], ["Hokkaido"], ["Biei"]))
 
     def ready(self) -> bool:
         """True once __init__ has finished (the pool waits on it before the first batch)."""
         return True
 
-    def score(
-        self,
-        completions: list[str | None],
-        truth_lat: np.ndarray,
-        truth_lon: np.ndarray,
-        truth_country_code: list[object] | None,
-        truth_state: list[object] | None,
-        truth_city: list[object] | None,
-    ) -> dict[str, np.ndarray]:
+    def score(self, completions: list[str | None], truth: Truth) -> dict[str, np.ndarray]:
         """``score_completions`` on one chunk with the actor's config."""
-        return score_completions(
-            completions, truth_lat, truth_lon, truth_country_code, truth_state, truth_city, self.reward_cfg
-        )
+        return score_completions(completions, truth, self.reward_cfg)
 
 
 @dataclass
@@ -176,27 +164,14 @@ class RewardActorPool:
             raise RewardPoolError(f"a reward actor died while starting: {type(exc).__name__}: {exc}") from exc
         self._actors = actors
 
-    def submit(
-        self,
-        completions: Sequence[object],
-        truth_lat: ArrayLike,
-        truth_lon: ArrayLike,
-        truth_country_code: Sequence[object] | None = None,
-        truth_state: Sequence[object] | None = None,
-        truth_city: Sequence[object] | None = None,
-    ) -> ScoringJob:
+    def submit(self, completions: Sequence[object], truth: Truth) -> ScoringJob:
         """Validate the batch and send one chunk to each actor; returns at once (see gather)."""
         started = time.perf_counter()
-        texts, lat, lon, truth = self._checked_batch(
-            completions, truth_lat, truth_lon, truth_country_code, truth_state, truth_city
-        )
+        texts = self._checked_batch(completions, truth)
         self.start()
         n = len(texts)
         bounds = _chunk_bounds(n, self.num_actors)
-        chunk_args = [
-            (texts[a:b], lat[a:b], lon[a:b], *[None if t is None else t[a:b] for t in truth])
-            for a, b in bounds
-        ]
+        chunk_args = [(texts[a:b], truth[a:b]) for a, b in bounds]
         actors = self._actors[: len(bounds)]
         refs = [actor.score.remote(*args) for actor, args in zip(actors, chunk_args, strict=True)]
         submitted = [time.monotonic()] * len(bounds)
@@ -244,32 +219,13 @@ class RewardActorPool:
             self._resubmit_overdue(job, parts)
         return self._finish(job, [parts[i] for i in range(len(job.bounds))], started)
 
-    def score(
-        self,
-        completions: Sequence[object],
-        truth_lat: ArrayLike,
-        truth_lon: ArrayLike,
-        truth_country_code: Sequence[object] | None = None,
-        truth_state: Sequence[object] | None = None,
-        truth_city: Sequence[object] | None = None,
-    ) -> dict[str, np.ndarray]:
+    def score(self, completions: Sequence[object], truth: Truth) -> dict[str, np.ndarray]:
         """Score a batch: equals ``score_completions`` on the whole batch with the pool's config."""
-        return self.gather(
-            self.submit(completions, truth_lat, truth_lon, truth_country_code, truth_state, truth_city)
-        )
+        return self.gather(self.submit(completions, truth))
 
-    async def score_async(
-        self,
-        completions: Sequence[object],
-        truth_lat: ArrayLike,
-        truth_lon: ArrayLike,
-        truth_country_code: Sequence[object] | None = None,
-        truth_state: Sequence[object] | None = None,
-        truth_city: Sequence[object] | None = None,
-    ) -> dict[str, np.ndarray]:
+    async def score_async(self, completions: Sequence[object], truth: Truth) -> dict[str, np.ndarray]:
         """``score`` for async reward functions (TRL runs them on its own event loop)."""
-        job = self.submit(completions, truth_lat, truth_lon, truth_country_code, truth_state, truth_city)
-        return await self.gather_async(job)
+        return await self.gather_async(self.submit(completions, truth))
 
     def stats(self) -> dict[str, float]:
         """Counters since creation: batches, completions, parse_failures, retries (chunks resubmitted),
@@ -341,45 +297,21 @@ class RewardActorPool:
         if parts:
             scores = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
         else:  # an empty batch: geor_core's own empty result
-            scores = score_completions([], np.zeros(0), np.zeros(0), [], [], [], self.reward_cfg)
+            scores = score_completions([], Truth([], [], [], [], []), self.reward_cfg)
         self._counters["batches"] += 1
         self._counters["completions"] += job.n
         self._counters["parse_failures"] += int(scores["parse_failed"].sum())
         self._counters["wait_seconds"] += time.perf_counter() - started
         return scores
 
-    def _checked_batch(
-        self,
-        completions: Sequence[object],
-        truth_lat: ArrayLike,
-        truth_lon: ArrayLike,
-        truth_country_code: Sequence[object] | None,
-        truth_state: Sequence[object] | None,
-        truth_city: Sequence[object] | None,
-    ) -> tuple[list[str | None], np.ndarray, np.ndarray, list[list[object] | None]]:
-        """The batch as the actors take it, or a ValueError naming what does not match."""
+    def _checked_batch(self, completions: Sequence[object], truth: Truth) -> list[str | None]:
+        """The completions as the actors take them, or a ValueError naming what does not match."""
         if self._closed:
             raise RewardPoolError("this RewardActorPool is closed")
         if isinstance(completions, str | bytes) or not isinstance(completions, Sequence | np.ndarray):
             raise ValueError(f"completions must be a list of completions, got {type(completions).__name__}")
-        n = len(completions)
-        lat, lon = truth_coordinates(truth_lat, truth_lon, n)
-        cfg = self.reward_cfg
-        region_needed = bool(cfg.w_country or cfg.w_state or cfg.w_city)
-        truth: list[list[object] | None] = []
-        for name, values in zip(TRUTH_NAMES, (truth_country_code, truth_state, truth_city), strict=True):
-            if values is None:
-                if region_needed:
-                    raise ValueError(
-                        f"the region reward (reward.w_country/w_state/w_city not all 0) needs {name}, "
-                        f"one value per completion ({n}); got None"
-                    )
-                truth.append(None)
-                continue
-            if len(values) != n:
-                raise ValueError(f"got {n} completions but {len(values)} {name} values")
-            truth.append(list(values))
-        return [_text_or_none(c) for c in completions], lat, lon, truth
+        truth.check(len(completions), names=needs_truth_names(self.reward_cfg))
+        return [_text_or_none(c) for c in completions]
 
 
 def _text_or_none(completion: object) -> str | None:

@@ -1,11 +1,9 @@
-"""The cluster definitions are checked offline, by the validators their tools use:
+"""The cluster definitions are checked offline, by the validators their tools use (the MLflow
+checks are in test_cluster_mlflow.py):
 
 - ray_cluster.yaml: Ray's own cluster-config validator (what `ray up` runs before any AWS call),
-  plus what the issue asks of it (CPU head, GPU and CPU workers, token auth, the project on every
+  plus what is asked of it (CPU head, GPU and CPU workers, token auth, the project on every
   node, MLflow serving artifacts to S3) and that the GPU presets fit its nodes;
-- MLflow: no server listens beyond loopback without basic auth; the launcher's server takes its
-  password from the mounted secret file (its head commands run against a stand-in `mlflow`), and
-  the KubeRay pods take MLflow credentials from a Secret, never a ConfigMap;
 - clusters/*.yaml (KubeRay): every ray.io object against the operator's v1.6.0 CRD schemas
   (tests/fixtures/kuberay, pod templates trimmed), unknown fields refused as `kubectl apply`
   does; every pod template wrapped as a Pod, and every built-in object, against the Kubernetes
@@ -25,69 +23,28 @@ import json
 import re
 import shlex
 import tomllib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from flows.cli import COMMANDS
 from geor_core.config import load_config, preset_names
+from tests.cluster_files import (
+    MANIFESTS,
+    RAY_CLUSTER,
+    ROOT,
+    all_objects,
+    cases,
+    load_manifest,
+    pod_templates,
+    ray_config,
+    ray_job_specs,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-RAY_CLUSTER = ROOT / "ray_cluster.yaml"
-MANIFESTS = sorted((ROOT / "clusters").glob("*.yaml"))
 CRD_DIR = ROOT / "tests" / "fixtures" / "kuberay"
 K8S_VERSION = "1.33"  # the Kubernetes API the manifests are checked against
 CRD_FILES = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayCronJob": "raycronjobs"}
 COMMAND_MENTION = re.compile(r"(?:\bgeor|python -m flows)[ \t]+([a-z][a-z0-9-]*)")
-
-
-def _load(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """``(where, object)`` for every object in a manifest file, with RayJob manifests that a
-    ConfigMap carries as text (the CronJob alternative) unpacked as objects of their own."""
-    found = []
-    for doc in yaml.safe_load_all(path.read_text()):
-        if doc is None:
-            continue
-        where = (
-            f"{path.name}:{doc['kind']}/{doc['metadata'].get('name') or doc['metadata'].get('generateName')}"
-        )
-        found.append((where, doc))
-        if doc["kind"] == "ConfigMap":
-            for key, text in doc.get("data", {}).items():
-                embedded = yaml.safe_load(text)
-                if isinstance(embedded, dict) and "apiVersion" in embedded:
-                    found.append((f"{where}[{key}]", embedded))
-    return found
-
-
-def _all_objects() -> list[tuple[str, dict[str, Any]]]:
-    return [item for path in MANIFESTS for item in _load(path)]
-
-
-def _ray_job_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    """The RayJob specs an object defines (a RayCronJob's is its jobTemplate)."""
-    if obj["kind"] == "RayJob":
-        return [obj["spec"]]
-    if obj["kind"] == "RayCronJob":
-        return [obj["spec"]["jobTemplate"]]
-    return []
-
-
-def _pod_templates(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    cluster_specs = [obj["spec"]] if obj["kind"] == "RayCluster" else []
-    for job in _ray_job_specs(obj):
-        cluster_specs += [job["rayClusterSpec"]] if "rayClusterSpec" in job else []
-        if "submitterPodTemplate" in job:
-            yield "submitter", job["submitterPodTemplate"]
-    for spec in cluster_specs:
-        yield "head", spec["headGroupSpec"]["template"]
-        for group in spec.get("workerGroupSpecs", []):
-            yield f"worker group {group['groupName']}", group["template"]
-    if obj["kind"] == "CronJob":
-        yield "job", obj["spec"]["jobTemplate"]["spec"]["template"]
 
 
 def _strict(schema: Any) -> Any:
@@ -104,16 +61,7 @@ def _strict(schema: Any) -> Any:
 
 
 def _entrypoints() -> list[tuple[str, str]]:
-    return [(where, job["entrypoint"]) for where, obj in _all_objects() for job in _ray_job_specs(obj)]
-
-
-def _cases(items: list[tuple[str, Any]]) -> list[Any]:
-    """Parametrize cases named by where they come from."""
-    return [pytest.param(*item, id=item[0]) for item in items]
-
-
-def _ray_config() -> dict[str, Any]:
-    return yaml.safe_load(RAY_CLUSTER.read_text())
+    return [(where, job["entrypoint"]) for where, obj in all_objects() for job in ray_job_specs(obj)]
 
 
 # --- ray_cluster.yaml -------------------------------------------------------------------------
@@ -128,13 +76,13 @@ def test_ray_cluster_yaml_passes_rays_validator_offline(monkeypatch: pytest.Monk
 
     for name in ("client", "resource", "Session"):
         monkeypatch.setattr(boto3, name, no_aws)
-    prepared = prepare_config(copy.deepcopy(_ray_config()))
+    prepared = prepare_config(copy.deepcopy(ray_config()))
     validate_config(prepared)  # raises on any schema or consistency error
     assert prepared["available_node_types"]["head"]["max_workers"] == 0
 
 
-def test_ray_cluster_yaml_has_the_nodes_auth_install_and_mlflow_the_issue_asks_for() -> None:
-    config = _ray_config()
+def test_ray_cluster_yaml_has_the_cpu_head_gpu_and_cpu_workers_auth_install_and_mlflow() -> None:
+    config = ray_config()
     nodes = config["available_node_types"]
     head = nodes[config["head_node_type"]]
     workers = {name: node for name, node in nodes.items() if node is not head}
@@ -179,10 +127,10 @@ def test_gpu_presets_fit_both_clusters(preset: str) -> None:
     cfg = load_config(preset)
     launcher = [
         (node["resources"].get("GPU", 0), node["resources"].get("CPU", 0), node["max_workers"])
-        for name, node in _ray_config()["available_node_types"].items()
+        for name, node in ray_config()["available_node_types"].items()
         if node["resources"].get("GPU")
     ]
-    (cluster,) = [obj for _, obj in _load(ROOT / "clusters" / "raycluster.yaml")]
+    (cluster,) = [obj for _, obj in load_manifest(ROOT / "clusters" / "raycluster.yaml")]
     kuberay = []
     for group in cluster["spec"]["workerGroupSpecs"]:
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
@@ -202,7 +150,7 @@ def test_gpu_presets_fit_both_clusters(preset: str) -> None:
 
 
 def test_manifests_parse_and_hold_the_expected_objects() -> None:
-    kinds = {(path.name, obj["kind"]) for path in MANIFESTS for _, obj in _load(path)}
+    kinds = {(path.name, obj["kind"]) for path in MANIFESTS for _, obj in load_manifest(path)}
     for expected in [
         ("raycluster.yaml", "RayCluster"),
         ("rayjob-pipeline.yaml", "RayJob"),
@@ -212,13 +160,11 @@ def test_manifests_parse_and_hold_the_expected_objects() -> None:
         ("cronjob-retrain.yaml", "RayJob"),  # the one its ConfigMap carries
     ]:
         assert expected in kinds, f"{expected[0]} has no {expected[1]}"
-    (cronjob,) = [obj for _, obj in _all_objects() if obj["kind"] == "CronJob"]
+    (cronjob,) = [obj for _, obj in all_objects() if obj["kind"] == "CronJob"]
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
 
 
-@pytest.mark.parametrize(
-    "where,obj", _cases([item for item in _all_objects() if item[1]["kind"] in CRD_FILES])
-)
+@pytest.mark.parametrize("where,obj", cases([item for item in all_objects() if item[1]["kind"] in CRD_FILES]))
 def test_kuberay_objects_match_the_operators_crd(where: str, obj: dict[str, Any]) -> None:
     import jsonschema
 
@@ -234,7 +180,7 @@ def test_kuberay_objects_match_the_operators_crd(where: str, obj: dict[str, Any]
 def test_the_crd_check_refuses_an_unknown_field() -> None:
     import jsonschema
 
-    (cron,) = [obj for _, obj in _all_objects() if obj["kind"] == "RayCronJob"]
+    (cron,) = [obj for _, obj in all_objects() if obj["kind"] == "RayCronJob"]
     cron = copy.deepcopy(cron)
     cron["spec"]["concurrencyPolicy"] = "Forbid"  # a batch/v1 CronJob field RayCronJob lacks
     schema = json.loads((CRD_DIR / "raycronjobs.v1.json").read_text())["openAPIV3Schema"]
@@ -242,7 +188,7 @@ def test_the_crd_check_refuses_an_unknown_field() -> None:
         jsonschema.validate(cron, _strict(schema))
 
 
-@pytest.mark.parametrize("where,obj", _cases(_all_objects()))
+@pytest.mark.parametrize("where,obj", cases(all_objects()))
 def test_pod_templates_and_builtin_objects_pass_the_kubernetes_schema(
     where: str, obj: dict[str, Any]
 ) -> None:
@@ -251,7 +197,7 @@ def test_pod_templates_and_builtin_objects_pass_the_kubernetes_schema(
     checked = []
     if obj["kind"] not in CRD_FILES:
         checked.append((where, obj))
-    for part, template in _pod_templates(obj):
+    for part, template in pod_templates(obj):
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -268,8 +214,8 @@ def test_pod_templates_and_builtin_objects_pass_the_kubernetes_schema(
 def test_both_retrain_schedules_run_the_same_job() -> None:
     retrain_jobs = [
         (where, job)
-        for where, obj in _all_objects()
-        for job in _ray_job_specs(obj)
+        for where, obj in all_objects()
+        for job in ray_job_specs(obj)
         if job["entrypoint"].startswith("geor retrain")
     ]
     assert len(retrain_jobs) == 2, retrain_jobs  # the RayCronJob's template and the CronJob's RayJob
@@ -282,111 +228,10 @@ def test_ray_version_is_the_same_in_pyproject_manifests_and_image() -> None:
 
     pin = re.search(r'"ray\[[^\]]*\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     assert pin == ray.__version__
-    versions = {obj["spec"]["rayVersion"] for _, obj in _all_objects() if obj["kind"] == "RayCluster"}
+    versions = {obj["spec"]["rayVersion"] for _, obj in all_objects() if obj["kind"] == "RayCluster"}
     assert versions == {pin}
     base = re.search(r"^FROM rayproject/ray:([\d.]+)-", (ROOT / "clusters" / "Dockerfile").read_text(), re.M)
     assert base.group(1) == pin
-
-
-# --- MLflow: nothing that can move the champion is open ---------------------------------------
-
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-MLFLOW_SECRET = "geor-mlflow-auth"  # the KubeRay Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD
-
-
-def _strings(node: Any) -> Iterator[str]:
-    """Every string in a parsed document, and every list of strings joined as one command line."""
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, dict):
-        for value in node.values():
-            yield from _strings(value)
-    elif isinstance(node, list):
-        if node and all(isinstance(value, str) for value in node):
-            yield " ".join(node)
-        for value in node:
-            yield from _strings(value)
-
-
-def _mlflow_servers() -> list[tuple[str, str]]:
-    """``(where, command)`` for every `mlflow server` that ray_cluster.yaml or a manifest starts."""
-    sources = [("ray_cluster.yaml", _ray_config()), *_all_objects()]
-    return [
-        (where, text)
-        for where, doc in sources
-        for text in _strings(doc)
-        if re.search(r"\bmlflow server\b", text)
-    ]
-
-
-def test_no_mlflow_server_listens_beyond_loopback_without_auth() -> None:
-    servers = _mlflow_servers()
-    assert any(where == "ray_cluster.yaml" for where, _ in servers), "the launcher starts MLflow on the head"
-    for where, command in servers:
-        host = re.search(r"(?:--host|-h)[= ](\S+)", command)
-        host = host.group(1) if host else "127.0.0.1"  # MLflow's default
-        if host not in LOOPBACK:
-            assert "--app-name basic-auth" in command, (
-                f"{where}: an MLflow server on {host} without auth lets anyone who reaches the port move "
-                "the champion; listen on 127.0.0.1 or add --app-name basic-auth"
-            )
-
-
-def test_the_launchers_mlflow_takes_its_password_from_the_secret_file(tmp_path: Path) -> None:
-    """The head's commands, run in a scratch home with a stand-in `mlflow`: the server gets basic
-    auth whose admin password is the mounted secret, and the clients on every node send it."""
-    import configparser
-    import subprocess
-
-    config = _ray_config()
-    secret = "~/.geor/mlflow_password"
-    assert config["file_mounts"][secret] == secret  # made on your machine, copied to every node
-    home, password = tmp_path / "home", "0123abcd" * 6
-    (home / ".geor").mkdir(parents=True)
-    (home / ".geor" / "mlflow_password").write_text(password + "\n")
-    (tmp_path / "bin").mkdir()
-    fake = tmp_path / "bin" / "mlflow"  # records what it was started with, as whom, then exits
-    fake.write_text(f'#!/bin/bash\n{{ echo $$; echo "$*"; env; }} > {tmp_path}/started\n')
-    fake.chmod(0o755)
-    (server,) = [command for command in config["head_start_ray_commands"] if "mlflow server" in command]
-    env = {"HOME": str(home), "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
-    for command in [config["setup_commands"][0], server]:
-        subprocess.run(["bash", "-c", f"{command}; wait"], env=env, check=True, timeout=30)
-
-    pid, args, *lines = (tmp_path / "started").read_text().splitlines()
-    seen = dict(line.split("=", 1) for line in lines if "=" in line)
-    assert args.startswith("server --app-name basic-auth ") and "--host 0.0.0.0" in args
-    assert (home / "mlflow.pid").read_text().strip() == pid  # ~/mlflow.pid names the server itself
-    # what every node's MLflow clients send (geor.env is sourced before `ray start` on every node)
-    assert (seen["MLFLOW_TRACKING_USERNAME"], seen["MLFLOW_TRACKING_PASSWORD"]) == ("geor", password)
-    auth_ini = Path(seen["MLFLOW_AUTH_CONFIG_PATH"])
-    assert auth_ini.stat().st_mode & 0o077 == 0, "the auth config holds the password: owner only"
-    parsed = configparser.ConfigParser()
-    parsed.read(auth_ini)
-    assert dict(parsed["mlflow"]) == {
-        "default_permission": "NO_PERMISSIONS",
-        "database_uri": "sqlite:////home/ubuntu/mlflow/auth.db",
-        "admin_username": "geor",
-        "admin_password": password,
-    }
-    assert len(seen["MLFLOW_FLASK_SERVER_SECRET_KEY"]) >= 32  # the auth app's CSRF key
-    assert "mlflow[auth]==" in " ".join(config["head_setup_commands"])  # Flask-WTF, which basic-auth needs
-
-
-def test_kuberay_pods_get_mlflow_credentials_from_a_secret_and_no_configmap_holds_them() -> None:
-    for where, obj in _all_objects():
-        if obj["kind"] == "ConfigMap":
-            for key, value in obj.get("data", {}).items():
-                assert "PASSWORD" not in key and not re.search(r"://[^/\s]*@", value), (
-                    f"{where}: {key} holds MLflow credentials; they belong in the Secret {MLFLOW_SECRET}"
-                )
-        for part, template in _pod_templates(obj):
-            for container in template["spec"]["containers"]:
-                sources = container.get("envFrom", [])
-                if {"configMapRef": {"name": "geor-env"}} in sources:  # a pod that logs to MLflow
-                    assert {"secretRef": {"name": MLFLOW_SECRET, "optional": True}} in sources, (
-                        f"{where} {part}: {container['name']} takes geor-env but not the Secret {MLFLOW_SECRET}"
-                    )
 
 
 # --- entrypoints ------------------------------------------------------------------------------
@@ -398,7 +243,7 @@ def _registered(command: str, where: str) -> None:
     )
 
 
-@pytest.mark.parametrize("where,entrypoint", _cases(_entrypoints()))
+@pytest.mark.parametrize("where,entrypoint", cases(_entrypoints()))
 def test_entrypoints_run_a_real_subcommand_with_a_real_preset(where: str, entrypoint: str) -> None:
     argv = shlex.split(entrypoint)
     assert argv[0] == "geor", f"{where}: the entrypoint should run geor: {entrypoint!r}"

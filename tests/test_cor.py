@@ -21,7 +21,7 @@ from geor_core.geo.geo import validate_coordinates
 from geor_core.geo.parse import parse_completion
 
 FIXTURES = Path(__file__).parent / "fixtures"
-DESIGN_EXAMPLE = (
+DOCUMENTED_EXAMPLE = (
     "<think>The scene points to Japan. Within Japan, Hokkaido. The nearest town is Biei.</think>\n"
     "<answer>Country: Japan; State: Hokkaido; City: Biei; Coordinates: (43.452002, 142.615358)</answer>"
 )
@@ -56,7 +56,7 @@ def test_design_example_shape():
         cor_target("biei-photo", "Japan", "Hokkaido", "Biei", 43.452002, 142.615358, seed)
         for seed in range(40)
     }
-    assert DESIGN_EXAMPLE in texts  # the DESIGN.md phrasing is one of those the seeds pick
+    assert DOCUMENTED_EXAMPLE in texts  # docs/design.md's example is one of those the seeds pick
     assert len({_phrasing_of(t) for t in texts}) == len(PHRASINGS)
     for text in texts:
         fields = TARGET_RE.fullmatch(text)

@@ -29,7 +29,7 @@ from geor_core.scoring.analysis import cor_consistency, level_summary, per_count
 from geor_core.scoring.evaluation_report import COMPARISON_COLUMNS, comparison_rows, score_predictions
 from geor_core.scoring.predictions import EVALUATION_SCHEMA, evaluation_predictions
 from geor_core.scoring.published import detect_benchmark, published_rows
-from geor_core.scoring.rewards import score_completions
+from geor_core.scoring.rewards import Truth, score_completions
 from geor_core.scoring.scoring import read_table, score_files
 from tests.plugins.models import run_command
 
@@ -93,15 +93,8 @@ def test_predictions_table_keeps_every_row_and_scores_it(scored_table):
     assert np.isnan(df.loc[2, "lat"]) and df.loc[2, "parse_error"] == "no_pair" and not df.loc[2, "format_ok"]
     expected_km = haversine_km(df["lat"], df["lon"], df["truth_lat"], df["truth_lon"])
     np.testing.assert_allclose(df["error_km"], expected_km, equal_nan=True)
-    rewards = score_completions(
-        df["completion"].tolist(),
-        df["truth_lat"],
-        df["truth_lon"],
-        df["truth_country_code"].tolist(),
-        df["truth_state"].tolist(),
-        df["truth_city"].tolist(),
-        cfg=RewardConfig(),
-    )
+    truth = Truth(*(df[f"truth_{name}"].tolist() for name in ("lat", "lon", "country_code", "state", "city")))
+    rewards = score_completions(df["completion"].tolist(), truth, cfg=RewardConfig())
     for component in ("distance", "format", "chain", "region", "combined"):
         np.testing.assert_allclose(df[f"reward_{component}"], rewards[component])
     assert df["country_match"].tolist() == [True, False, False, False]

@@ -198,6 +198,6 @@ def test_lookup_is_batched_fast():
 
 
 def test_gazetteer_prints_nothing():
-    code = "from geor_core import gazetteer; gazetteer.lookup([43.45], [142.61]); gazetteer.settlements()"
+    code = "from geor_core.geo import gazetteer; gazetteer.lookup([43.45], [142.61]); gazetteer.settlements()"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == ""

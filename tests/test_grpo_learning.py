@@ -1,15 +1,15 @@
 """GRPO learning, measured honestly: from the session's shared SFT checkpoint on the synthetic world,
 the SAMPLED policy's mean combined reward must rise, over training (TRL's own train log) and on
 held-out rows (measured here, independently of TRL). Greedy metrics are printed beside it as JSON,
-never asserted: DESIGN.md records that GRPO on this world raises the sampled reward while greedy
+never asserted: docs/design.md records that GRPO on this world raises the sampled reward while greedy
 accuracy may drift (the policy hedges toward a country's centre).
 
 The held-out measure: geor_core.training.sampled_reward (the same code as `geor evaluate`'s
 ``sampled_reward`` column), ``SAMPLES_PER_ROW`` completions per val and test row (fixed seeds,
 temperature ``grpo.temperature``) from the SFT export and from the GRPO export, scored with the
 run's reward config; the means are compared with a margin (``MIN_HELD_OUT_GAIN``), not a bare
-``>``. The settings and the margin come from repeated measurement (docs/grpo.md;
-benchmarks/grpo_vs_sft.py has the cross-seed runs).
+``>``. The settings and the margin come from repeated measurement (README, "Does GRPO learn?
+Measured honestly"; benchmarks/grpo_vs_sft.py has the cross-seed runs).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Standard metrics (DESIGN.md, Metrics) on small examples that can be checked by hand."""
+"""Standard metrics (docs/design.md, Metrics) on small examples that can be checked by hand."""
 
 from __future__ import annotations
 

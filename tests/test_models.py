@@ -57,7 +57,7 @@ def test_tiny_model_reloads_with_plain_transformers_and_generates(tiny_model_dir
     assert (tiny_model_dir / "model.safetensors").is_file()
     assert processor.chat_template and processor.tokenizer.chat_template
     params = sum(p.numel() for p in model.parameters())
-    assert 1_000_000 < params < 2_000_000, params  # DESIGN.md's measured size, 1.24M
+    assert 1_000_000 < params < 2_000_000, params  # the measured size, 1.24M (docs/design.md)
     assert model.config.text_config.vocab_size == len(processor.tokenizer) == 1024
 
     completions = generate(model, processor, [_street_photo(), _world_photo(world_dir)], max_new_tokens=12)
@@ -88,7 +88,7 @@ def test_tokenizer_fits_the_task(tiny):
     target = cor_target("row-1", "Japan", "Hokkaido", "Biei", 43.452002, 142.615358, seed=0)
     ids = tokenizer(target + "<|im_end|>", add_special_tokens=False).input_ids
     assert tokenizer.decode(ids, skip_special_tokens=True) == target  # tags kept, end of turn dropped
-    assert len(ids) < 90  # sequence length is training cost (DESIGN: ~54 tokens at 2 decimals)
+    assert len(ids) < 90  # sequence length is training cost
     prompt = processor.apply_chat_template(user_turn(), add_generation_prompt=True, tokenize=False)
     assert INSTRUCTION in prompt and prompt.endswith("<|im_start|>assistant\n")
     assert len(tokenizer(prompt, add_special_tokens=False).input_ids) < 64

@@ -1,4 +1,5 @@
-"""The one parsing rule (DESIGN.md, "Parsing a completion"): every accepted form, every failure, speed."""
+"""The one parsing rule (docs/design.md, "Parsing a completion"): every accepted form, every
+failure, speed."""
 
 from __future__ import annotations
 

@@ -11,15 +11,20 @@ from typing import Any
 import pytest
 
 from flows.commands import pipeline_command as pipeline_command
+from geor_core import uris
 from tests.plugins.models import run_command
 
-# small GRPO and evaluation: the point here is the orchestration, not learning
+# small GRPO and evaluation: the point here is the orchestration, not learning. beta = 0: GRPO
+# loads no reference model (checked here, so test_grpo.py needs no second training run for it);
+# no sampled reward (test_evaluate.py checks that column).
 OVERRIDES = (
     "grpo.max_steps=2",
     "grpo.eval_steps=2",
     "grpo.save_steps=2",
     "grpo.val_rows=4",
+    "grpo.beta=0",
     "eval.max_rows=24",
+    "eval.sampled_rows=0",
 )
 
 
@@ -58,6 +63,8 @@ def test_first_run_reuses_the_shared_stages_and_runs_the_rest(pipeline_runs):
     assert table["base"]["format_rate"] < 10 and table["sft"]["format_rate"] > 90, table
     gate = pipeline_runs["first"].gate
     assert gate.promoted and gate.version == "1" and gate.decision.reason == "no champion yet"
+    grpo = uris.read_marker(pipeline_runs["first"].stages["grpo"].outputs["output"])
+    assert grpo["global_step"] == 2 and grpo["ref_model_loaded"] is False  # beta = 0
 
 
 def test_rerun_skips_every_stage(pipeline_runs):

@@ -1,9 +1,13 @@
 """The pipeline's bookkeeping, on its own: which stages run, skip or resume after a crash, a
-changed setting or a changed manifest. The stage bodies are replaced by recorders that write a
-complete output (the real bodies are exercised end to end in test_pipeline.py)."""
+changed setting or a changed manifest, and that stage keys are the ones earlier versions wrote (so
+existing pipeline roots keep skipping finished stages). The stage bodies are replaced by recorders
+that write a complete output (the real bodies are exercised end to end in test_pipeline.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +15,10 @@ import pytest
 
 from flows import pipeline_run
 from geor_core import uris
-from geor_core.config import load_config
+from geor_core.config import GeorConfig, load_config
+from geor_core.data.manifest import list_manifest_files, manifest_fingerprint
 from geor_core.errors import UserFacingError
+from geor_core.registry.stage_state import read_record
 
 
 class Recorder:
@@ -41,7 +47,8 @@ class Recorder:
 @pytest.fixture
 def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Recorder:
     recorder = Recorder(str(tmp_path / "root"))
-    monkeypatch.setattr(pipeline_run, "STAGE_RUNNERS", {s: recorder.body(s) for s in pipeline_run.STAGES})
+    stages = tuple(dataclasses.replace(s, runner=recorder.body(s.name)) for s in pipeline_run.STAGES)
+    monkeypatch.setattr(pipeline_run, "STAGES", stages)
     monkeypatch.setattr(pipeline_run.PipelineRun, "preflight", lambda self: None)
     monkeypatch.setattr("tasks.ray_session.connect_ray", lambda: False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -84,7 +91,7 @@ def test_an_edited_manifest_redoes_everything(recorder, tmp_path):
     recorder.ran()
     (tmp_path / "manifest.csv").write_text("id,image,lat,lon\na,a.jpg,1,2\nb,b.jpg,3,4\n")
     run(recorder, tmp_path)
-    assert [stage for stage, _ in recorder.ran()] == list(pipeline_run.STAGES)
+    assert [stage for stage, _ in recorder.ran()] == [stage.name for stage in pipeline_run.STAGES]
 
 
 def test_from_and_only(recorder, tmp_path):
@@ -103,3 +110,62 @@ def test_from_and_only(recorder, tmp_path):
     assert recorder.ran() == []
     with pytest.raises(UserFacingError, match="unknown stage"):
         run(recorder, tmp_path, only=["nowhere"])
+
+
+def _keys_as_before(cfg: GeorConfig) -> dict[str, str]:
+    """Each stage's key as the code before stage records computed it (its settings() branches, its
+    UPSTREAM table and stage_key, copied here unchanged): what existing pipeline roots hold."""
+
+    def section(name: str) -> dict[str, Any]:
+        values = dataclasses.asdict(getattr(cfg, name))
+        return {k: v for k, v in values.items() if k not in ("output", "overwrite")}
+
+    settings = {
+        "prepare": {
+            "prepare": section("prepare"),
+            "manifest": manifest_fingerprint(list_manifest_files(cfg.prepare.manifest)),
+        },
+        "sft": {"model": section("model"), "sft": section("sft")},
+        "mine-hard": {"eval": section("eval"), "radius_km": cfg.grpo.hard_radius_km},
+        "grpo": {"grpo": section("grpo"), "reward": section("reward")},
+        "evaluate": {"eval": section("eval"), "reward": section("reward")},
+        "register": {"registry": section("registry")},
+    }
+    upstream = {
+        "prepare": (),
+        "sft": ("prepare",),
+        "mine-hard": ("prepare", "sft"),
+        "grpo": ("mine-hard", "sft"),
+        "evaluate": ("prepare", "sft", "grpo"),
+        "register": ("prepare", "mine-hard", "sft", "grpo", "evaluate"),
+    }
+    keys: dict[str, str] = {}
+    for stage, values in settings.items():
+        material = {
+            "stage": stage,
+            "settings": values,
+            "upstream": {name: keys[name] for name in upstream[stage]},
+        }
+        keys[stage] = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
+    return keys
+
+
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [
+        ("test", []),
+        (
+            "test",
+            ["grpo.beta=0.0", "grpo.hard_radius_km=500", "sft.learning_rate=1e-4", "eval.splits=[val,test]"],
+        ),
+        ("tiny", ["reward.tau_km=100", "registry.margin=0.5", "model.name_or_path=elsewhere"]),
+    ],
+)
+def test_stage_keys_are_the_ones_existing_roots_hold(recorder, tmp_path, preset, overrides):
+    manifest = str(tmp_path / "manifest.csv")
+    cfg = load_config(preset, overrides, {"prepare.manifest": manifest})
+    pipeline_run.run_pipeline(cfg, recorder.root)
+    written = {stage.name: read_record(recorder.root, stage.name).key for stage in pipeline_run.STAGES}
+    assert written == _keys_as_before(cfg)

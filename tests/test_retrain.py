@@ -74,12 +74,9 @@ def retrain(name: str, manifest: Path, root: Path, *overrides: str) -> int:
 
 
 def test_retrain_without_new_rows_does_nothing(
-    tracked, sft_checkpoint, prepared_world, world_dir, tmp_path, capsys, mlflow_server
+    tracked, prepared_world, world_dir, tmp_path, capsys, mlflow_server
 ):
-    from geor_core.config import load_config
-
-    cfg = load_config("test", [f"registry.model_name={tracked}", *GATE])
-    first = register_champion(cfg, sft_checkpoint.export_uri, prepared_world, tmp_path / "gate")
+    first = recorded_champion(mlflow_server, tracked, prepared_world)  # never loaded: no rows to train on
     assert retrain(tracked, world_dir / "manifest.csv", tmp_path / "root") == 0
     out = capsys.readouterr().out
     assert "nothing to do" in out and '"rows_new": 0' in out
@@ -144,7 +141,7 @@ def test_a_better_model_is_promoted_through_retrain(
 
 def recorded_champion(mlflow_server: str, name: str, prepared: str) -> str:
     """A champion registered straight into the registry (no files, no scorecard): enough for the
-    lock tests, which never get as far as loading it."""
+    tests that never get as far as loading it (no new rows, the lock tests)."""
     client = registry.client(mlflow_server)
     experiment = client.create_experiment(f"{name}-setup")
     run = client.create_run(experiment)

@@ -9,7 +9,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import ray
 from geor_core.config import RewardConfig
 from geor_core.geo import gazetteer
 from geor_core.geo.countries import country_name
-from geor_core.scoring.rewards import REWARD_KEYS, score_completions
+from geor_core.scoring.rewards import Truth, reward_keys, score_completions
 from tasks.reward_actors import RewardActorPool, RewardPoolError
 
 CONFIGS = {
@@ -32,18 +32,12 @@ CONFIGS = {
 }
 
 
-def mixed_batch(n: int, seed: int) -> tuple[list[object], dict[str, object]]:
+def mixed_batch(n: int, seed: int) -> tuple[list[object], Truth]:
     """N completions against gazetteer-labelled truth rows: valid answers between every kind of garbage."""
     rng = np.random.default_rng(seed)
     lat, lon = rng.uniform(-50.0, 65.0, n), rng.uniform(-170.0, 170.0, n)
     place = gazetteer.lookup(lat, lon)
-    truth = {
-        "truth_lat": lat,
-        "truth_lon": lon,
-        "truth_country_code": list(place["country_code"]),
-        "truth_state": list(place["admin1"]),
-        "truth_city": list(place["city"]),
-    }
+    truth = Truth(lat, lon, list(place["country_code"]), list(place["admin1"]), list(place["city"]))
     completions: list[object] = []
     for i in range(n):
         country, state, city = country_name(place["country_code"][i]), place["admin1"][i], place["city"][i]
@@ -130,15 +124,15 @@ def test_pool_scores_exactly_as_geor_core_garbage_included(shared_pools, config_
     cfg = CONFIGS[config_name]
     completions, truth = mixed_batch(85, seed=1)  # 5 of each kind; 43 + 42 over 2 actors
     if config_name == "product_no_region":
-        truth = {"truth_lat": truth["truth_lat"], "truth_lon": truth["truth_lon"]}
-    expected = score_completions(completions, cfg=cfg, **truth)
+        truth = Truth(truth.lat, truth.lon)
+    expected = score_completions(completions, truth, cfg)
     assert 0 < expected["parse_failed"].sum() < len(completions)  # the batch really mixes both
     if cfg.w_country:
         assert expected["region"].max() > 0
     pool = shared_pools[config_name]
 
     def score_twice() -> list[dict[str, np.ndarray]]:
-        return [pool.score(completions, **truth), asyncio.run(pool.score_async(completions, **truth))]
+        return [pool.score(completions, truth), asyncio.run(pool.score_async(completions, truth))]
 
     results, grew = counted(pool, score_twice)
     for got in results:
@@ -152,12 +146,12 @@ def test_batches_smaller_than_the_pool_and_empty_batches(shared_pools):
     cfg = CONFIGS["product_text"]
     pool = shared_pools["product_text"]
     completions, truth = mixed_batch(1, seed=2)
-    one, grew = counted(pool, lambda: pool.score(completions, **truth))
-    assert_same_scores(one, score_completions(completions, cfg=cfg, **truth))
-    empty = {key: values[:0] for key, values in truth.items()}
-    got = pool.score([], **empty)
-    assert_same_scores(got, score_completions([], cfg=cfg, **empty))
-    assert list(got) == list(REWARD_KEYS)
+    one, grew = counted(pool, lambda: pool.score(completions, truth))
+    assert_same_scores(one, score_completions(completions, truth, cfg))
+    empty = truth[:0]
+    got = pool.score([], empty)
+    assert_same_scores(got, score_completions([], empty, cfg))
+    assert list(got) == list(reward_keys())
     assert grew["batches"] == 1 and grew["completions"] == 1
 
 
@@ -165,12 +159,12 @@ def test_an_actor_killed_between_batches_is_replaced_and_the_batch_retried(share
     cfg = CONFIGS["weighted_sum_point"]
     pool = shared_pools["weighted_sum_point"]
     completions, truth = mixed_batch(40, seed=3)
-    expected = score_completions(completions, cfg=cfg, **truth)
-    assert_same_scores(pool.score(completions, **truth), expected)
+    expected = score_completions(completions, truth, cfg)
+    assert_same_scores(pool.score(completions, truth), expected)
     dead, alive = pool.actors
     ray.kill(dead)
     wait_until_dead(dead)
-    got, grew = counted(pool, lambda: pool.score(completions, **truth))
+    got, grew = counted(pool, lambda: pool.score(completions, truth))
     assert_same_scores(got, expected)
     assert pool.actors[0] is not dead and pool.actors[1] is alive
     assert (grew["actors_replaced"], grew["retries"], grew["batches"]) == (1, 1, 1)
@@ -182,16 +176,12 @@ def test_an_actor_killed_while_scoring_loses_nothing(shared_pools):
     small, small_truth = mixed_batch(85, seed=4)
     repeat = 400  # 34,000 completions keep the actor busy far longer than a kill takes
     completions = small * repeat
-    truth = {key: np.tile(np.asarray(values, dtype=object), repeat) for key, values in small_truth.items()}
-    truth["truth_lat"], truth["truth_lon"] = (
-        truth["truth_lat"].astype(float),
-        truth["truth_lon"].astype(float),
-    )
-    expected = score_completions(completions, cfg=cfg, **truth)
+    truth = Truth(*(np.tile(getattr(small_truth, field.name), repeat) for field in fields(Truth)))
+    expected = score_completions(completions, truth, cfg)
     pool.start()
 
     def kill_after_submission() -> dict[str, np.ndarray]:
-        job = pool.submit(completions, **truth)
+        job = pool.submit(completions, truth)
         ray.kill(pool.actors[0])  # the whole batch was just submitted to it
         return asyncio.run(pool.gather_async(job))
 
@@ -222,7 +212,7 @@ def test_a_chunk_whose_actors_keep_dying_fails_with_its_name(make_pool):
     with pytest.raises(
         RewardPoolError, match=r"reward chunk 1 of 1 \(completions 0\.\.5 of a batch of 6\) failed on 2"
     ):
-        pool.score(completions, truth["truth_lat"], truth["truth_lon"])
+        pool.score(completions, Truth(truth.lat, truth.lon))
     assert pool.stats()["retries"] == 1 and pool.stats()["actors_replaced"] == 1
 
 
@@ -255,9 +245,9 @@ def first_to_make(path: Path) -> bool:
 @pytest.mark.parametrize("gather", ["sync", "async"])
 def test_a_hung_actor_is_killed_and_its_chunk_resubmitted(make_pool, tmp_path, caplog, gather):
     completions, truth = mixed_batch(40, seed=7)  # 20 + 20 over 2 actors; one of them hangs
-    lat_lon = truth["truth_lat"], truth["truth_lon"]
+    coordinates = Truth(truth.lat, truth.lon)
     expected = score_completions(
-        completions, *lat_lon, cfg=RewardConfig(w_country=0.0, w_state=0.0, w_city=0.0)
+        completions, coordinates, RewardConfig(w_country=0.0, w_state=0.0, w_city=0.0)
     )
     timeout_s = 2.0
     pool = make_pool(
@@ -268,9 +258,9 @@ def test_a_hung_actor_is_killed_and_its_chunk_resubmitted(make_pool, tmp_path, c
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="tasks.reward_actors"):
         if gather == "sync":
-            got = pool.score(completions, *lat_lon)
+            got = pool.score(completions, coordinates)
         else:
-            got = asyncio.run(pool.score_async(completions, *lat_lon))
+            got = asyncio.run(pool.score_async(completions, coordinates))
     elapsed = time.monotonic() - started
     assert_same_scores(got, expected)  # every row, in order
     assert timeout_s <= elapsed < timeout_s + 30, elapsed  # waited for the timeout, then a fresh actor
@@ -296,7 +286,7 @@ def test_a_chunk_whose_actors_keep_hanging_fails_with_its_name(make_pool):
         match=r"reward chunk 1 of 1 \(completions 0\.\.5 of a batch of 6\) failed on 1 actors in a row; "
         r"last error: no answer within 1 s \(grpo\.reward_timeout_s\)",
     ):
-        pool.score(completions, truth["truth_lat"], truth["truth_lon"])
+        pool.score(completions, Truth(truth.lat, truth.lon))
     assert pool.stats()["timeouts"] == 1 and pool.stats()["retries"] == 0
     wait_until_dead(actor)
 
@@ -304,29 +294,28 @@ def test_a_chunk_whose_actors_keep_hanging_fails_with_its_name(make_pool):
 def test_a_scoring_error_reaches_the_caller_unretried_and_close_kills_the_actors(make_pool):
     pool = make_pool(RewardConfig(mode="sum", w_country=0.0, w_state=0.0, w_city=0.0), 1)
     with pytest.raises(ValueError, match="reward.mode must be 'product' or 'weighted_sum', got 'sum'"):
-        pool.score(["(1, 2)"], [1.0], [2.0])
+        pool.score(["(1, 2)"], Truth([1.0], [2.0]))
     assert pool.stats()["retries"] == 0 and pool.stats()["actors_replaced"] == 0
     (actor,) = pool.actors
     pool.close()
     wait_until_dead(actor)
     with pytest.raises(RewardPoolError, match="closed"):
-        pool.score(["(1, 2)"], [1.0], [2.0])
+        pool.score(["(1, 2)"], Truth([1.0], [2.0]))
 
 
 def test_bad_batches_are_named_before_any_actor_starts():
     pool = RewardActorPool(RewardConfig(), num_actors=2, cpus_per_actor=0.25)
     completions, truth = mixed_batch(4, seed=6)
-    short = {**truth, "truth_lon": truth["truth_lon"][:3]}
     with pytest.raises(ValueError, match="got 4 completions but 4 truth_lat and 3 truth_lon values"):
-        pool.score(completions, **short)
+        pool.score(completions, replace(truth, lon=truth.lon[:3]))
     with pytest.raises(ValueError, match="got 4 completions but 2 truth_state values"):
-        pool.score(completions, **{**truth, "truth_state": truth["truth_state"][:2]})
+        pool.score(completions, replace(truth, state=truth.state[:2]))
     with pytest.raises(ValueError, match="needs truth_city, one value per completion \\(4\\); got None"):
-        pool.score(completions, **{**truth, "truth_city": None})
+        pool.score(completions, replace(truth, city=None))
     with pytest.raises(ValueError, match=r"truth row 2 is not a valid coordinate: \(91\.0"):
-        pool.score(completions, [0.0, 0.0, 91.0, 0.0], truth["truth_lon"], *list(truth.values())[2:])
+        pool.score(completions, replace(truth, lat=[0.0, 0.0, 91.0, 0.0]))
     with pytest.raises(ValueError, match="completions must be a list"):
-        pool.score("<answer>(1, 2)</answer>", [1.0], [2.0], ["JP"], ["Tokyo"], ["Tokyo"])
+        pool.score("<answer>(1, 2)</answer>", Truth([1.0], [2.0], ["JP"], ["Tokyo"], ["Tokyo"]))
     assert pool.actors == ()
     with pytest.raises(ValueError, match="num_actors"):
         RewardActorPool(RewardConfig(), num_actors=0, cpus_per_actor=0.25)

@@ -1,4 +1,4 @@
-"""Reward components (DESIGN.md, Rewards): the paper's piecewise distance, exp, format, chain, region."""
+"""Reward components (docs/design.md, Rewards): the paper's piecewise distance, exp, format, chain, region."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import pytest
 
 from geor_core.config import RewardConfig
 from geor_core.geo.geo import haversine_km
+from geor_core.scoring.metrics import level_matches
 from geor_core.scoring.rewards import (
-    REWARD_KEYS,
+    Truth,
     distance_reward,
     exp_distance_reward,
-    level_matches,
     piecewise_distance_reward,
+    reward_keys,
     score_completions,
 )
 
@@ -27,7 +28,12 @@ def answer(
 
 
 ASAHIKAWA = (43.77063, 142.36489)  # a settlement of the gazetteer: JP, Hokkaido, Asahikawa
-TRUTH = {"truth_country_code": ["JP"], "truth_state": ["Hokkaido"], "truth_city": ["Asahikawa"]}
+
+
+def hokkaido(lat: list[float], lon: list[float]) -> Truth:
+    """Truth rows at (lat, lon), each named Japan, Hokkaido, Asahikawa."""
+    n = len(lat)
+    return Truth(lat, lon, ["JP"] * n, ["Hokkaido"] * n, ["Asahikawa"] * n)
 
 
 @pytest.mark.parametrize(
@@ -80,9 +86,7 @@ def test_exp_shape():
 def test_product_is_distance_times_format():
     cfg = RewardConfig(mode="product")
     completions = [answer(45.0, 10.0), "Coordinates: (45.0, 10.0) or (46, 11)"]
-    scores = score_completions(
-        completions, [45.0, 45.0], [12.0, 12.0], cfg=cfg, **{k: v * 2 for k, v in TRUTH.items()}
-    )
+    scores = score_completions(completions, hokkaido([45.0, 45.0], [12.0, 12.0]), cfg=cfg)
     d = haversine_km(45.0, 10.0, 45.0, 12.0)
     expected_distance = piecewise_distance_reward([d])[0]
     assert scores["distance_km"] == pytest.approx([d, d])
@@ -95,20 +99,14 @@ def test_weighted_sum_uses_every_weight():
     cfg = RewardConfig(mode="weighted_sum", w_distance=0.5, w_format=0.1, w_chain=0.15, w_region=0.25,
                        region_source="text", w_country=0.5, w_state=0.3, w_city=0.2)  # fmt: skip
     completions = [answer(45.0, 10.0, "Japan", "Hokkaido", "Nowhere"), "Coordinates: (45.0, 10.0) (1, 1)"]
-    scores = score_completions(
-        completions, [45.0] * 2, [12.0] * 2, cfg=cfg, **{k: v * 2 for k, v in TRUTH.items()}
-    )
+    scores = score_completions(completions, hokkaido([45.0] * 2, [12.0] * 2), cfg=cfg)
     assert scores["region"].tolist() == pytest.approx([0.8, 0.0])  # country + state, wrong city
     assert scores["chain"].tolist() == [1.0, 0.0]
     dist = scores["distance"]
     expected = [0.5 * dist[0] + 0.1 + 0.15 + 0.25 * 0.8, 0.5 * dist[1]]
     assert scores["combined"] == pytest.approx(expected)
     product = score_completions(
-        completions,
-        [45.0] * 2,
-        [12.0] * 2,
-        cfg=replace(cfg, mode="product"),
-        **{k: v * 2 for k, v in TRUTH.items()},
+        completions, hokkaido([45.0] * 2, [12.0] * 2), cfg=replace(cfg, mode="product")
     )
     assert product["combined"] == pytest.approx([dist[0], 0.0])
 
@@ -121,11 +119,9 @@ def test_unparseable_scores_zero_on_every_component():
         "",
         "<answer>(1, 2)",
     ]
-    scores = score_completions(
-        completions, [1.0] * 4, [2.0] * 4, cfg=cfg, **{k: v * 4 for k, v in TRUTH.items()}
-    )
-    assert set(scores) == set(REWARD_KEYS)
-    for key in ("distance", "format", "chain", "region", "combined"):
+    scores = score_completions(completions, hokkaido([1.0] * 4, [2.0] * 4), cfg=cfg)
+    assert list(scores) == list(reward_keys())
+    for key in ("distance", "format", "chain", "region", "combined", "acc_25km", "geoscore"):
         assert scores[key].tolist() == [0.0] * 4, key
     assert np.isnan(scores["distance_km"]).all()
     assert scores["parse_failed"].tolist() == [1.0] * 4
@@ -141,9 +137,7 @@ def test_region_text_source_compares_codes_and_normalised_names():
         "Coordinates: (43.5, 142.4)",  # names nothing
     ]
     n = len(completions)
-    scores = score_completions(
-        completions, [ASAHIKAWA[0]] * n, [ASAHIKAWA[1]] * n, cfg=cfg, **{k: v * n for k, v in TRUTH.items()}
-    )
+    scores = score_completions(completions, hokkaido([ASAHIKAWA[0]] * n, [ASAHIKAWA[1]] * n), cfg=cfg)
     assert scores["region"].tolist() == pytest.approx([1.0, 0.8, 0.0, 0.7, 0.0])
 
 
@@ -156,36 +150,28 @@ def test_region_point_source_reads_the_gazetteer_at_the_predicted_point():
         answer(48.85, 2.35),  # Paris
     ]
     n = len(completions)
-    scores = score_completions(
-        completions, [ASAHIKAWA[0]] * n, [ASAHIKAWA[1]] * n, cfg=cfg, **{k: v * n for k, v in TRUTH.items()}
-    )
+    scores = score_completions(completions, hokkaido([ASAHIKAWA[0]] * n, [ASAHIKAWA[1]] * n), cfg=cfg)
     assert scores["region"].tolist() == pytest.approx([1.0, 0.8, 0.5, 0.0])
 
 
 def test_region_needs_truth_rows_unless_its_weights_are_zero():
     with pytest.raises(ValueError, match="truth_state"):
-        score_completions([answer(1, 2)], [1.0], [2.0], truth_country_code=["JP"], cfg=RewardConfig())
+        score_completions([answer(1, 2)], Truth([1.0], [2.0], country_code=["JP"]), cfg=RewardConfig())
     off = RewardConfig(w_country=0.0, w_state=0.0, w_city=0.0)
-    assert score_completions([answer(1, 2)], [1.0], [2.0], cfg=off)["region"].tolist() == [0.0]
+    assert score_completions([answer(1, 2)], Truth([1.0], [2.0]), cfg=off)["region"].tolist() == [0.0]
 
 
 def test_bad_configuration_and_shapes_are_named():
     with pytest.raises(ValueError, match="reward.mode"):
         score_completions(
-            ["(1, 2)"], [1.0], [2.0], cfg=RewardConfig(mode="sum", w_country=0.0, w_state=0.0, w_city=0.0)
+            ["(1, 2)"], Truth([1.0], [2.0]), RewardConfig(mode="sum", w_country=0.0, w_state=0.0, w_city=0.0)
         )
     with pytest.raises(ValueError, match="region_source"):
-        score_completions(["(1, 2)"], [1.0], [2.0], cfg=RewardConfig(region_source="both"), **TRUTH)
+        score_completions(["(1, 2)"], hokkaido([1.0], [2.0]), cfg=RewardConfig(region_source="both"))
     with pytest.raises(ValueError, match=r"truth row 1 is not a valid coordinate: \(nan, 2.0\)"):
-        score_completions(
-            ["(1, 2)", "(3, 4)"],
-            [1.0, np.nan],
-            [2.0, 2.0],
-            cfg=RewardConfig(),
-            **{k: v * 2 for k, v in TRUTH.items()},
-        )
+        score_completions(["(1, 2)", "(3, 4)"], hokkaido([1.0, np.nan], [2.0, 2.0]), cfg=RewardConfig())
     with pytest.raises(ValueError, match="2 completions but 1 truth_lat"):
-        score_completions(["(1, 2)", "(3, 4)"], [1.0], [2.0, 3.0], cfg=RewardConfig(), **TRUTH)
+        score_completions(["(1, 2)", "(3, 4)"], hokkaido([1.0], [2.0, 3.0]), cfg=RewardConfig())
 
 
 def test_accepts_trl_conversational_completions_and_duck_typed_config():
@@ -195,7 +181,7 @@ def test_accepts_trl_conversational_completions_and_duck_typed_config():
         region_source, w_country, w_state, w_city = "text", 0.0, 0.0, 0.0
 
     scores = score_completions(
-        [[{"role": "assistant", "content": answer(10.0, 20.0)}]], [10.0], [20.0], cfg=Settings()
+        [[{"role": "assistant", "content": answer(10.0, 20.0)}]], Truth([10.0], [20.0]), Settings()
     )
     assert scores["combined"].tolist() == [1.0]
 

@@ -1,4 +1,5 @@
-"""The synthetic world: manifest per DESIGN.md, deterministic, learnable from pixels, graded ambiguity."""
+"""The synthetic world: the project's manifest columns, deterministic, learnable from pixels,
+graded ambiguity."""
 
 from __future__ import annotations
 

@@ -3,8 +3,9 @@ STAGE[,STAGE]] [key=value ...]`: the whole workflow, prepare -> SFT -> mine hard
 evaluate (base / SFT / SFT+GRPO) -> register with the champion gate.
 
 Re-running skips every stage whose output is complete for unchanged inputs and settings, and
-resumes a crashed one (flows/pipeline_run.py). Prints stage progress, the comparison table, the
-gate's decision and one JSON line. Submit it to a cluster with
+resumes a crashed one (flows/pipeline_run.py; the stages are declared in flows/pipeline_stages.py).
+Prints stage progress, the comparison table, the gate's decision and one JSON line. Submit it to a
+cluster with
 ``ray job submit --working-dir . -- python -m flows pipeline ...`` (README, "Running on a cluster").
 """
 
@@ -15,8 +16,10 @@ import json
 import sys
 
 from flows.commands.config_args import add_config_arguments, config_from_args, local_paths_absolute
-from flows.pipeline_run import STAGES, run_pipeline
+from flows.pipeline_run import run_pipeline
+from flows.pipeline_stages import STAGES
 
+STAGE_NAMES = [stage.name for stage in STAGES]
 FLAG_KEYS = {"manifest": "prepare.manifest", "model": "model.name_or_path", "output": "storage.root"}
 
 
@@ -27,11 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="the base model: local dir, s3://, hub id or models:/NAME@ALIAS")
     parser.add_argument("--output", help="root of every stage's output, local or s3:// (storage.root)")
     parser.add_argument(
-        "--from", dest="from_stage", choices=STAGES, help="re-run this stage and the later ones"
+        "--from", dest="from_stage", choices=STAGE_NAMES, help="re-run this stage and the later ones"
     )
     parser.add_argument(
         "--only",
-        help=f"run just these stages (comma-separated: {','.join(STAGES)}); inputs from earlier runs",
+        help=f"run just these stages (comma-separated: {','.join(STAGE_NAMES)}); inputs from earlier runs",
     )
     add_config_arguments(parser)
 

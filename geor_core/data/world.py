@@ -14,9 +14,9 @@ have enough of them. Each photo is rendered so its place can be read from the pi
 Graded ambiguity (``ambiguous_share``): a share of photos where the pixels leave the place
 uncertain, half without the marker (position unknown: the best guess is central) and half with
 a faint state texture (state uncertain). Then imitating one exact answer is not the
-distance-optimal guess, which is where GRPO's distance reward has an edge (DESIGN.md).
+distance-optimal guess, which is where GRPO's distance reward can have an edge (docs/design.md).
 
-Output, per DESIGN.md's manifest convention: ``manifest.csv`` with ``id,image,lat,lon`` (image
+Output, in the project's manifest columns: ``manifest.csv`` with ``id,image,lat,lon`` (image
 relative to the manifest's folder, JPEGs under ``images/``) plus two hint columns that
 ``geor prepare`` ignores: ``world_split`` (train/val/test drawn per settlement, so test places
 are unseen in training) and ``world_ambiguity`` (none/no_marker/faint_state). A photo's

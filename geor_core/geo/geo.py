@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG), as in DESIGN.md
+EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG), as in docs/design.md
 
 MISSING_LAT = "missing_lat"
 MISSING_LON = "missing_lon"

@@ -1,6 +1,6 @@
 """Parse a model completion into a prediction: the one rule used by rewards, `geor score` and evaluate.
 
-The rule (DESIGN.md, "Parsing a completion"):
+The rule (docs/design.md, "Parsing a completion", sums it up):
 
 - The answer is the text inside the last complete ``<answer>...</answer>`` block (the last
   ``<answer>`` that has a ``</answer>`` after it, up to the first ``</answer>`` that follows it).

@@ -1,4 +1,4 @@
-"""The field's standard geolocation metrics, from predicted and true coordinates (DESIGN.md, Metrics).
+"""The field's standard geolocation metrics, from predicted and true coordinates (docs/design.md, Metrics).
 
 - acc_1km, acc_25km, acc_200km, acc_750km, acc_2500km: percent of rows whose Haversine error is
   ``<=`` the threshold (street / city / region / country / continent), denominator n, computed in
@@ -10,24 +10,44 @@
 - format_rate: percent of rows whose completion had exactly one in-range pair (None when no
   format flags are given, e.g. predictions that were numbers, not text).
 - country/state/city_match_rate: percent of rows whose named level matches the truth's, by the
-  text comparison of geor_core.scoring.rewards.level_matches (None when that level is not predicted).
-Rates are percents in [0, 100]; n = 0 gives None for every rate and statistic.
+  text comparison ``level_matches`` (None when that level is not predicted): countries compare by
+  ISO alpha-2 code (a named country goes through countries.country_code), state and city by
+  countries.normalize_name, and state and city match only where the country matches too.
+Rates are percents in [0, 100]; n = 0 gives None for every rate and statistic. The per-row
+``within_km`` and ``row_geoscore`` are what the reward table (geor_core.scoring.rewards) logs
+per completion during training.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from geor_core.geo.countries import country_code, normalize_name
 from geor_core.geo.geo import haversine_km
-from geor_core.scoring.rewards import level_matches
 
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 GEOSCORE_MAX = 5000.0
 GEOSCORE_SCALE_KM = 1492.7
+
+
+def within_km(distance_km: np.ndarray, km: float) -> np.ndarray:
+    """Per row: the error is ``<= km`` (inclusive); a missing distance (NaN) is a miss."""
+    return np.nan_to_num(distance_km, nan=np.inf) <= km
+
+
+def row_geoscore(distance_km: np.ndarray) -> np.ndarray:
+    """Per row: ``5000 exp(-d / 1492.7)``; a missing distance (NaN) scores 0."""
+    found = ~np.isnan(distance_km)
+    return np.where(found, _geoscore(np.nan_to_num(distance_km)), 0.0)
+
+
+def _geoscore(distance_km: np.ndarray) -> np.ndarray:
+    return GEOSCORE_MAX * np.exp(-distance_km / GEOSCORE_SCALE_KM)
 
 
 def compute_metrics(
@@ -65,11 +85,10 @@ def compute_metrics(
         "missing_rate": _percent(n - found.size, n),
     }
     for threshold in THRESHOLDS_KM:
-        metrics[f"acc_{threshold}km"] = _percent(np.count_nonzero(found <= threshold), n)
+        metrics[f"acc_{threshold}km"] = _percent(np.count_nonzero(within_km(found, threshold)), n)
     metrics["median_km"] = float(np.median(found)) if found.size else None
     metrics["mean_km"] = float(np.mean(found)) if found.size else None
-    geoscore = GEOSCORE_MAX * np.exp(-found / GEOSCORE_SCALE_KM)
-    metrics["geoscore"] = float(geoscore.sum() / n) if n else None
+    metrics["geoscore"] = float(_geoscore(found).sum() / n) if n else None
     metrics["format_rate"] = None
     if format_ok is not None:
         flags = np.asarray(format_ok, dtype=bool).reshape(-1)
@@ -80,6 +99,48 @@ def compute_metrics(
         _level_rates(n, pred_country, pred_state, pred_city, truth_country_code, truth_state, truth_city)
     )
     return metrics
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_country_code(name: str) -> str | None:
+    return country_code(name)
+
+
+def _codes(names: Sequence[object]) -> np.ndarray:
+    """Country names (or codes) -> alpha-2 codes, "" where unknown or missing."""
+    return np.array(
+        [(_cached_country_code(v) or "") if isinstance(v, str) else "" for v in names], dtype=object
+    )
+
+
+# Sized for every settlement name of the gazetteer (about 140k) plus the model's own spellings.
+_name_key = functools.lru_cache(maxsize=1 << 18)(normalize_name)
+
+
+def _keys(names: Sequence[object]) -> np.ndarray:
+    """Place names -> normalised comparison keys, "" where missing."""
+    return np.array([_name_key(v) if isinstance(v, str) else "" for v in names], dtype=object)
+
+
+def level_matches(
+    pred_country: Sequence[object],
+    pred_state: Sequence[object],
+    pred_city: Sequence[object],
+    truth_country_code: Sequence[object],
+    truth_state: Sequence[object],
+    truth_city: Sequence[object],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(country, state, city) match masks; state and city need the country to match as well.
+
+    Predicted countries may be names or codes; truth countries are alpha-2 codes (names work
+    too). A missing or empty name on either side never matches.
+    """
+    pred_cc, truth_cc = _codes(pred_country), _codes(truth_country_code)
+    country = (pred_cc == truth_cc) & (truth_cc != "")
+    truth_state_key, truth_city_key = _keys(truth_state), _keys(truth_city)
+    state = country & (_keys(pred_state) == truth_state_key) & (truth_state_key != "")
+    city = country & (_keys(pred_city) == truth_city_key) & (truth_city_key != "")
+    return country.astype(bool), state.astype(bool), city.astype(bool)
 
 
 def _floats(values: ArrayLike, name: str) -> np.ndarray:

@@ -12,7 +12,8 @@ country is the one the gazetteer places the point in) and ``cor_state_consistent
 state both). With the truth (``EVALUATION_SCHEMA``) also: ``split``, the truth columns
 (``truth_lat`` ... ``truth_city``), ``error_km`` (Haversine, NaN when missing), the level
 matches of the named levels against the truth (the ``text`` comparison of the metrics) and the
-reward components of geor_core.scoring.rewards (``reward_distance`` ... ``reward_combined``).
+reward components of geor_core.scoring.rewards whose table entry keeps a column (``reward_distance``
+... ``reward_combined``; ``evaluation_schema()`` reads the table).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import pyarrow as pa
 from geor_core.config import RewardConfig
 from geor_core.geo import gazetteer
 from geor_core.geo.parse import parse_many
-from geor_core.scoring.rewards import level_matches, score_completions
+from geor_core.scoring import rewards
+from geor_core.scoring.metrics import level_matches
 
 _PARSED_FIELDS = [
     pa.field("completion", pa.string()),
@@ -56,24 +58,35 @@ PREPARED_TRUTH = {
     "truth_state": "state",
     "truth_city": "city",
 }
-REWARD_COMPONENTS = ("distance", "format", "chain", "region", "combined")
-EVALUATION_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string()),
-        pa.field("split", pa.string()),
-        pa.field("image", pa.string()),
-        *(
-            pa.field(name, pa.float64() if name in ("truth_lat", "truth_lon") else pa.string())
-            for name in TRUTH_COLUMNS
-        ),
-        *_PARSED_FIELDS,
-        pa.field("error_km", pa.float64()),
-        pa.field("country_match", pa.bool_()),
-        pa.field("state_match", pa.bool_()),
-        pa.field("city_match", pa.bool_()),
-        *(pa.field(f"reward_{name}", pa.float64()) for name in REWARD_COMPONENTS),
-    ]
-)
+
+
+def reward_columns() -> tuple[str, ...]:
+    """The reward components kept as ``reward_<name>`` columns: those the table marks, and combined."""
+    return (*(c.name for c in rewards.COMPONENTS if c.column), rewards.COMBINED)
+
+
+def evaluation_schema() -> pa.Schema:
+    """The schema of predictions scored against the truth, its reward columns read from the table."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string()),
+            pa.field("split", pa.string()),
+            pa.field("image", pa.string()),
+            *(
+                pa.field(name, pa.float64() if name in ("truth_lat", "truth_lon") else pa.string())
+                for name in TRUTH_COLUMNS
+            ),
+            *_PARSED_FIELDS,
+            pa.field("error_km", pa.float64()),
+            pa.field("country_match", pa.bool_()),
+            pa.field("state_match", pa.bool_()),
+            pa.field("city_match", pa.bool_()),
+            *(pa.field(f"reward_{name}", pa.float64()) for name in reward_columns()),
+        ]
+    )
+
+
+EVALUATION_SCHEMA = evaluation_schema()  # with the shipped reward table
 
 
 def _parsed_columns(completions: Sequence[str], inference_errors: Sequence[str]) -> dict[str, Any]:
@@ -137,22 +150,10 @@ def evaluation_predictions(
     _check_lengths(n, completions=completions, inference_errors=inference_errors)
     known = {name: truth.column(source).to_pylist() for name, source in PREPARED_TRUTH.items()}
     columns = _parsed_columns(completions, inference_errors)
-    rewards = score_completions(
-        list(completions),
-        known["truth_lat"],
-        known["truth_lon"],
-        known["truth_country_code"],
-        known["truth_state"],
-        known["truth_city"],
-        cfg=reward or RewardConfig(),
-    )
+    facts = rewards.Truth(*(known[f"truth_{name}"] for name in rewards.TRUTH_COLUMNS))
+    scores = rewards.score_completions(list(completions), facts, reward or RewardConfig())
     matches = level_matches(
-        columns["country"],
-        columns["state"],
-        columns["city"],
-        known["truth_country_code"],
-        known["truth_state"],
-        known["truth_city"],
+        columns["country"], columns["state"], columns["city"], facts.country_code, facts.state, facts.city
     )
     table = {
         "id": truth.column("id").to_pylist(),
@@ -160,11 +161,11 @@ def evaluation_predictions(
         "image": truth.column("image").to_pylist(),
         **known,
         **columns,
-        "error_km": rewards["distance_km"],
+        "error_km": scores["distance_km"],
         **{
             f"{level}_match": np.asarray(m, dtype=bool)
             for level, m in zip(("country", "state", "city"), matches, strict=True)
         },
-        **{f"reward_{name}": rewards[name] for name in REWARD_COMPONENTS},
+        **{f"reward_{name}": scores[name] for name in reward_columns()},
     }
-    return pa.table(table, schema=EVALUATION_SCHEMA)
+    return pa.table(table, schema=evaluation_schema())

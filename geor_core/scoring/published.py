@@ -1,4 +1,4 @@
-"""Published results on the standard benchmarks (DESIGN.md), shown beside ours for reference.
+"""Published results on the standard benchmarks (docs/design.md), shown beside ours for reference.
 
 Percent of photos within 1 / 25 / 200 / 750 / 2500 km, as the papers report them (Geo-R, AAAI
 2026, Table 1 and its YFCC4K table). A benchmark is named explicitly (``--benchmark``) or found

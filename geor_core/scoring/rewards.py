@@ -17,49 +17,62 @@ Ours, beyond the paper:
 - region: partial credit ``w_country [country] + w_state [admin1] + w_city [settlement]``
   against the truth's gazetteer row. Source ``point``: the gazetteer's reading of the predicted
   coordinates (one KD-tree query per batch); source ``text``: the levels the answer names.
-  Countries compare by ISO alpha-2 code (a named country goes through countries.country_code);
-  state and city compare by countries.normalize_name. State and city earn credit only when the
+  The comparison is the metrics' (geor_core.scoring.metrics.level_matches): countries by ISO
+  alpha-2 code (a named country goes through countries.country_code), state and city by
+  countries.normalize_name. State and city earn credit only when the
   country matches too (so "Georgia" the US state never matches a Georgian truth row, and
   "Punjab" in Pakistan never matches Punjab in India). All region weights 0: region is 0 and no
   lookup is made.
 - combination ``weighted_sum``: ``w_distance distance + w_format format + w_chain chain +
-  w_region region``.
+  w_region region`` (each weighted component of the table times its weight, in table order).
 
 A completion without an in-range pair (parse failed) scores 0 on every component.
-``score_completions`` returns float64 arrays: distance_km (NaN where missing), distance, format,
-chain, region, combined and parse_failed (1.0 where missing) - a dict of named sub-scores, the
-contract EasyR1 reward functions follow; TRL reward functions take ``combined``.
+
+Every component is declared once, in ``COMPONENTS`` (a ``RewardComponent`` each: its name, how it
+is computed from the parsed batch, the truth and the config, the config weight that puts it in
+``combined`` under weighted_sum, whether GRPO logs it and whether predictions.parquet keeps it as
+``reward_<name>``). ``score_completions`` computes the table in order, then ``combined``; GRPO's
+reward functions (geor_core.training.grpo_setup) and the predictions table
+(geor_core.scoring.predictions) read the table too, so a component added there is scored, logged
+as ``rewards/<name>/mean|std`` and written without any other edit. The training-time threshold
+hits (acc_25/200/750 km) and GeoScore are the metrics' own per-row rules
+(geor_core.scoring.metrics). ``score_completions`` returns a dict of float64 arrays, one per
+component (``reward_keys()``: distance_km is NaN where missing, parse_failed 1.0 there) - the
+contract EasyR1 reward functions follow; TRL's advantage takes ``combined``. The truth travels as
+one ``Truth`` record.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Protocol
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 from numpy.typing import ArrayLike
 
 from geor_core.config import RewardConfig
 from geor_core.geo import gazetteer
-from geor_core.geo.countries import country_code, normalize_name
 from geor_core.geo.geo import haversine_km
 from geor_core.geo.parse import ParsedBatch, parse_many
+from geor_core.scoring.metrics import THRESHOLDS_KM, level_matches, row_geoscore, within_km
 
 BREAK_1_KM, BREAK_2_KM, ZERO_KM = 750.0, 2500.0, 20000.0
-REWARD_KEYS = ("distance_km", "distance", "format", "chain", "region", "combined", "parse_failed")
+TRAINING_THRESHOLDS_KM = tuple(km for km in THRESHOLDS_KM if 25 <= km <= 750)  # logged per completion
+TRUTH_COLUMNS = ("lat", "lon", "country_code", "state", "city")  # of prepared rows (`geor prepare`)
+COMBINED = "combined"
 
 
 class RewardSettings(Protocol):
-    """What the reward needs from a config: geor_core.config.RewardConfig, or any object like it."""
+    """What the reward needs from a config: geor_core.config.RewardConfig, or any object like it
+    (plus the weight attribute of each weighted component of ``COMPONENTS``)."""
 
     mode: str
     distance_shape: str
     tau_km: float
-    w_distance: float
-    w_format: float
-    w_chain: float
-    w_region: float
     region_source: str
     w_country: float
     w_state: float
@@ -93,48 +106,6 @@ def distance_reward(distance_km: ArrayLike, shape: str, tau_km: float) -> np.nda
     raise ValueError(f"reward.distance_shape must be 'piecewise' or 'exp', got {shape!r}")
 
 
-@functools.lru_cache(maxsize=65536)
-def _cached_country_code(name: str) -> str | None:
-    return country_code(name)
-
-
-def _codes(names: Sequence[object]) -> np.ndarray:
-    """Country names (or codes) -> alpha-2 codes, "" where unknown or missing."""
-    return np.array(
-        [(_cached_country_code(v) or "") if isinstance(v, str) else "" for v in names], dtype=object
-    )
-
-
-# Sized for every settlement name of the gazetteer (about 140k) plus the model's own spellings.
-_name_key = functools.lru_cache(maxsize=1 << 18)(normalize_name)
-
-
-def _keys(names: Sequence[object]) -> np.ndarray:
-    """Place names -> normalised comparison keys, "" where missing."""
-    return np.array([_name_key(v) if isinstance(v, str) else "" for v in names], dtype=object)
-
-
-def level_matches(
-    pred_country: Sequence[object],
-    pred_state: Sequence[object],
-    pred_city: Sequence[object],
-    truth_country_code: Sequence[object],
-    truth_state: Sequence[object],
-    truth_city: Sequence[object],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(country, state, city) match masks; state and city need the country to match as well.
-
-    Predicted countries may be names or codes; truth countries are alpha-2 codes (names work
-    too). A missing or empty name on either side never matches.
-    """
-    pred_cc, truth_cc = _codes(pred_country), _codes(truth_country_code)
-    country = (pred_cc == truth_cc) & (truth_cc != "")
-    truth_state_key, truth_city_key = _keys(truth_state), _keys(truth_city)
-    state = country & (_keys(pred_state) == truth_state_key) & (truth_state_key != "")
-    city = country & (_keys(pred_city) == truth_city_key) & (truth_city_key != "")
-    return country.astype(bool), state.astype(bool), city.astype(bool)
-
-
 def region_reward(
     country_match: np.ndarray, state_match: np.ndarray, city_match: np.ndarray, cfg: RewardSettings
 ) -> np.ndarray:
@@ -142,87 +113,98 @@ def region_reward(
     return cfg.w_country * country_match + cfg.w_state * state_match + cfg.w_city * city_match
 
 
-def score_completions(
-    completions: Sequence[object],
-    truth_lat: ArrayLike,
-    truth_lon: ArrayLike,
-    truth_country_code: Sequence[object] | None = None,
-    truth_state: Sequence[object] | None = None,
-    truth_city: Sequence[object] | None = None,
-    cfg: RewardSettings | None = None,
-) -> dict[str, np.ndarray]:
-    """Score a batch of completions (str or TRL conversational) against their truth rows.
+@dataclass(frozen=True, eq=False)
+class Truth:
+    """The true place of each row: coordinates, and its gazetteer row (alpha-2 country code, admin1,
+    city) where known - needed only by the region component. Stored as numpy arrays (float64,
+    object); ``truth[a:b]`` is the record of rows a..b-1."""
 
-    Returns float64 arrays by name (see REWARD_KEYS). The truth's country code, state and city
-    (its gazetteer row) are needed only when a region weight is non-zero. ``cfg`` defaults to
-    geor_core.config.RewardConfig().
-    """
-    cfg = cfg if cfg is not None else RewardConfig()
-    if cfg.mode not in ("product", "weighted_sum"):
-        raise ValueError(f"reward.mode must be 'product' or 'weighted_sum', got {cfg.mode!r}")
-    n = len(completions)
-    lat_true, lon_true = truth_coordinates(truth_lat, truth_lon, n)
-    parsed = parse_many(completions)
-    failed = parsed.missing
-    distance_km = haversine_km(parsed.lat, parsed.lon, lat_true, lon_true)
-    distance = distance_reward(distance_km, cfg.distance_shape, cfg.tau_km)
-    format_score = parsed.format_ok.astype(np.float64)
-    chain = (parsed.chain_ok & ~failed).astype(np.float64)
-    region = _region_scores(parsed, failed, truth_country_code, truth_state, truth_city, n, cfg)
-    if cfg.mode == "product":
-        combined = distance * format_score
-    else:
-        combined = (
-            cfg.w_distance * distance
-            + cfg.w_format * format_score
-            + cfg.w_chain * chain
-            + cfg.w_region * region
-        )
-    return {
-        "distance_km": distance_km,
-        "distance": distance,
-        "format": format_score,
-        "chain": chain,
-        "region": region,
-        "combined": np.where(failed, 0.0, combined),
-        "parse_failed": failed.astype(np.float64),
-    }
+    lat: np.ndarray
+    lon: np.ndarray
+    country_code: np.ndarray | None = None
+    state: np.ndarray | None = None
+    city: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("lat", "lon"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float64).reshape(-1))
+        for name in ("country_code", "state", "city"):
+            values = getattr(self, name)
+            if values is not None:
+                object.__setattr__(self, name, np.asarray(list(values), dtype=object))
 
-def truth_coordinates(truth_lat: ArrayLike, truth_lon: ArrayLike, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Truth coordinates as float64 arrays of length ``n``; a ValueError names a bad row."""
-    lat = np.asarray(truth_lat, dtype=np.float64).reshape(-1)
-    lon = np.asarray(truth_lon, dtype=np.float64).reshape(-1)
-    if lat.size != n or lon.size != n:
-        raise ValueError(f"got {n} completions but {lat.size} truth_lat and {lon.size} truth_lon values")
-    bad = ~((np.abs(lat) <= 90.0) & (np.abs(lon) <= 180.0))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"truth row {i} is not a valid coordinate: ({float(lat[i])!r}, {float(lon[i])!r})")
-    return lat, lon
+    @classmethod
+    def from_columns(cls, rows: pa.Table | Mapping[str, Sequence[Any]]) -> Truth:
+        """From the columns lat, lon, country_code, state, city of prepared rows (a table, a dict of
+        columns, or the batch TRL hands its reward functions); a ValueError names missing ones."""
+        names = rows.column_names if isinstance(rows, pa.Table) else list(rows)
+        missing = [name for name in TRUTH_COLUMNS if name not in names]
+        if missing:
+            raise ValueError(f"the rows lack column(s) {missing}; they have {names}")
+        if isinstance(rows, pa.Table):
+            return cls(*(rows.column(name).to_pylist() for name in TRUTH_COLUMNS))
+        return cls(*(rows[name] for name in TRUTH_COLUMNS))
+
+    def __getitem__(self, rows: slice) -> Truth:
+        return Truth(*(None if v is None else v[rows] for v in (getattr(self, f.name) for f in fields(self))))
+
+    def check(self, n: int, *, names: bool) -> None:
+        """A ValueError naming what does not fit ``n`` completions: a length, an invalid coordinate,
+        or (``names``: the region component is on) a missing country code, state or city."""
+        if self.lat.size != n or self.lon.size != n:
+            raise ValueError(
+                f"got {n} completions but {self.lat.size} truth_lat and {self.lon.size} truth_lon values"
+            )
+        bad = ~((np.abs(self.lat) <= 90.0) & (np.abs(self.lon) <= 180.0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            lat, lon = float(self.lat[i]), float(self.lon[i])
+            raise ValueError(f"truth row {i} is not a valid coordinate: ({lat!r}, {lon!r})")
+        for name in ("country_code", "state", "city"):
+            values = getattr(self, name)
+            if values is None and names:
+                raise ValueError(
+                    f"the region reward (reward.w_country/w_state/w_city not all 0) needs truth_{name}, "
+                    f"one value per completion ({n}); got None"
+                )
+            if values is not None and len(values) != n:
+                raise ValueError(f"got {n} completions but {len(values)} truth_{name} values")
 
 
-def _region_scores(
-    parsed: ParsedBatch,
-    failed: np.ndarray,
-    truth_country_code: Sequence[object] | None,
-    truth_state: Sequence[object] | None,
-    truth_city: Sequence[object] | None,
-    n: int,
-    cfg: RewardSettings,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class ScoredBatch:
+    """What a component reads: the parsed completions, their truth, which failed to parse, and the
+    components computed before it (in table order)."""
+
+    parsed: ParsedBatch
+    truth: Truth
+    failed: np.ndarray
+    scores: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class RewardComponent:
+    """One named per-completion score (float64, one value per completion)."""
+
+    name: str
+    compute: Callable[[ScoredBatch, RewardSettings], np.ndarray]
+    weight: str | None = None  # the config weight that adds it to ``combined`` under weighted_sum
+    logged: bool = True  # a TRL reward function of weight 0: GRPO logs rewards/<name>/mean|std
+    column: bool = True  # a ``reward_<name>`` column of predictions.parquet
+
+
+def needs_truth_names(cfg: RewardSettings) -> bool:
+    """Whether the region component compares names (some region weight is not 0)."""
+    return bool(cfg.w_country or cfg.w_state or cfg.w_city)
+
+
+def _region(batch: ScoredBatch, cfg: RewardSettings) -> np.ndarray:
+    n = batch.failed.size
     region = np.zeros(n, dtype=np.float64)
-    if not (cfg.w_country or cfg.w_state or cfg.w_city):
+    ok = np.flatnonzero(~batch.failed)
+    if not needs_truth_names(cfg) or ok.size == 0:
         return region
-    truth = {"truth_country_code": truth_country_code, "truth_state": truth_state, "truth_city": truth_city}
-    for name, values in truth.items():
-        if values is None or len(values) != n:
-            got = "None" if values is None else f"{len(values)} values"
-            raise ValueError(f"the region reward needs {name} with one value per completion ({n}), got {got}")
-    truth_arrays = [np.asarray(list(values), dtype=object) for values in truth.values()]
-    ok = np.flatnonzero(~failed)
-    if ok.size == 0:
-        return region
+    parsed = batch.parsed
     if cfg.region_source == "point":
         place = gazetteer.lookup(parsed.lat[ok], parsed.lon[ok])  # the table loads on first use
         predicted = place["country_code"], place["admin1"], place["city"]
@@ -230,6 +212,71 @@ def _region_scores(
         predicted = tuple([names[i] for i in ok] for names in (parsed.country, parsed.state, parsed.city))
     else:
         raise ValueError(f"reward.region_source must be 'point' or 'text', got {cfg.region_source!r}")
-    truth_rows = [values[ok] for values in truth_arrays]
-    region[ok] = region_reward(*level_matches(*predicted, *truth_rows), cfg)
+    truth = batch.truth
+    region[ok] = region_reward(
+        *level_matches(*predicted, truth.country_code[ok], truth.state[ok], truth.city[ok]), cfg
+    )
     return region
+
+
+def _hits_within(km: int) -> Callable[[ScoredBatch, RewardSettings], np.ndarray]:
+    return lambda batch, cfg: within_km(batch.scores["distance_km"], km).astype(np.float64)
+
+
+COMPONENTS: tuple[RewardComponent, ...] = (
+    RewardComponent(
+        "distance_km",
+        lambda b, cfg: haversine_km(b.parsed.lat, b.parsed.lon, b.truth.lat, b.truth.lon),
+        logged=False,  # NaN where missing; predictions.parquet has it as error_km
+        column=False,
+    ),
+    RewardComponent(
+        "distance",
+        lambda b, cfg: distance_reward(b.scores["distance_km"], cfg.distance_shape, cfg.tau_km),
+        weight="w_distance",
+    ),
+    RewardComponent("format", lambda b, cfg: b.parsed.format_ok.astype(np.float64), weight="w_format"),
+    RewardComponent(
+        "chain", lambda b, cfg: (b.parsed.chain_ok & ~b.failed).astype(np.float64), weight="w_chain"
+    ),
+    RewardComponent("region", _region, weight="w_region"),
+    RewardComponent("parse_failed", lambda b, cfg: b.failed.astype(np.float64), column=False),
+    *(RewardComponent(f"acc_{km}km", _hits_within(km), column=False) for km in TRAINING_THRESHOLDS_KM),
+    RewardComponent("geoscore", lambda b, cfg: row_geoscore(b.scores["distance_km"]), column=False),
+)
+
+
+def reward_keys() -> tuple[str, ...]:
+    """The names ``score_completions`` returns, in order: the table's components, then combined."""
+    return (*(c.name for c in COMPONENTS), COMBINED)
+
+
+def score_completions(
+    completions: Sequence[object], truth: Truth, cfg: RewardSettings | None = None
+) -> dict[str, np.ndarray]:
+    """Score a batch of completions (str or TRL conversational) against their truth rows.
+
+    Returns float64 arrays by name (``reward_keys()``). ``combined`` is distance x format (mode
+    product) or the weighted sum of the weighted components (weighted_sum), 0 where parsing
+    failed. The truth's country code, state and city are needed only when a region weight is not
+    0. ``cfg`` defaults to geor_core.config.RewardConfig().
+    """
+    cfg = cfg if cfg is not None else RewardConfig()
+    if cfg.mode not in ("product", "weighted_sum"):
+        raise ValueError(f"reward.mode must be 'product' or 'weighted_sum', got {cfg.mode!r}")
+    weighted = [c for c in COMPONENTS if c.weight is not None]
+    lacking = [f"reward.{c.weight}" for c in weighted if not hasattr(cfg, c.weight)]
+    if lacking:
+        raise ValueError(f"the reward config lacks {lacking}, the weight(s) of reward components")
+    truth.check(len(completions), names=needs_truth_names(cfg))
+    parsed = parse_many(completions)
+    batch = ScoredBatch(parsed, truth, parsed.missing, {})
+    for component in COMPONENTS:
+        batch.scores[component.name] = component.compute(batch, cfg)
+    scores = batch.scores
+    if cfg.mode == "product":
+        combined = scores["distance"] * scores["format"]
+    else:
+        combined = functools.reduce(operator.add, [getattr(cfg, c.weight) * scores[c.name] for c in weighted])
+    scores[COMBINED] = np.where(batch.failed, 0.0, combined)
+    return scores

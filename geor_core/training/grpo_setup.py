@@ -4,12 +4,13 @@ Train worker (tasks/grpo.py, rewards from a Ray actor pool) and bare in one proc
 Choices:
 - TRL implements GRPO (group advantages, clipped loss, k3 KL with ``beta``; ``beta=0`` loads no
   reference model); we only supply data, rewards and settings. Gradient checkpointing is off.
-- Rewards: one *scorer* call per batch returns every component (geor_core.scoring.rewards'
-  contract). Each component is exposed to TRL as its own reward function, with weight 1 for
-  ``combined`` and 0 for the rest, so TRL logs ``rewards/<name>/mean|std`` for all of them
-  (distance, format, chain, region, parse_failed, and acc_25/200/750 km, geoscore) while only the
-  combined reward drives the advantage. The scorer runs once per batch: the functions share a
-  memo keyed by the batch's completions and truth.
+- Rewards: one *scorer* call per batch (completions and their ``Truth``) returns every component
+  (geor_core.scoring.rewards' contract). ``combined`` and each component the reward table marks
+  ``logged`` (distance, format, chain, region, parse_failed, acc_25/200/750 km, geoscore, ...) is
+  exposed to TRL as its own reward function, with weight 1 for ``combined`` and 0 for the rest, so
+  TRL logs ``rewards/<name>/mean|std`` for all of them while only the combined reward drives the
+  advantage. The scorer runs once per batch: the functions share a memo keyed by the batch's
+  completions and truth.
 - Validation is TRL's own evaluation on a fixed val subset (sampled, ``num_generations`` per
   prompt): ``eval_reward`` ranks checkpoints and ``eval_rewards/acc_200km/mean`` etc. report
   accuracy.
@@ -29,21 +30,12 @@ import pyarrow as pa
 from geor_core.config import GeorConfig, ModelConfig
 from geor_core.data.images import load_image
 from geor_core.geo.prompts import user_turn
+from geor_core.scoring import rewards
+from geor_core.scoring.rewards import Truth
 from geor_core.training.sft_setup import trainer_arguments
 
-GRPO_COLUMNS = ["id", "image", "lat", "lon", "country_code", "state", "city"]
-EXTRA_REWARDS = (
-    "distance",
-    "format",
-    "chain",
-    "region",
-    "parse_failed",
-    "acc_25km",
-    "acc_200km",
-    "acc_750km",
-    "geoscore",
-)
-Scorer = Callable[..., dict[str, np.ndarray]]
+GRPO_COLUMNS = ["id", "image", *rewards.TRUTH_COLUMNS]
+Scorer = Callable[[list, Truth], dict[str, np.ndarray]]
 
 
 def _examples(batch: dict[str, list], model: ModelConfig) -> dict[str, list]:
@@ -63,17 +55,6 @@ def grpo_dataset(table: pa.Table, model: ModelConfig) -> Any:
     return dataset
 
 
-def with_threshold_components(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Add per-completion hits at 25/200/750 km and GeoScore (misses and missing are 0)."""
-    d = scores["distance_km"]
-    found = ~np.isnan(d)
-    out = dict(scores)
-    for km in (25, 200, 750):
-        out[f"acc_{km}km"] = (found & (np.nan_to_num(d, nan=np.inf) <= km)).astype(np.float64)
-    out["geoscore"] = np.where(found, 5000.0 * np.exp(-np.nan_to_num(d) / 1492.7), 0.0)
-    return out
-
-
 class RewardBoard:
     """Scores each batch once with ``scorer`` and serves its components to TRL's reward functions."""
 
@@ -87,19 +68,12 @@ class RewardBoard:
         key = (id(completions), len(completions), tuple(kwargs["id"]))
         if key != self._key:
             started = time.perf_counter()
-            scores = self.scorer(
-                completions,
-                np.asarray(kwargs["lat"], dtype=np.float64),
-                np.asarray(kwargs["lon"], dtype=np.float64),
-                list(kwargs["country_code"]),
-                list(kwargs["state"]),
-                list(kwargs["city"]),
-            )
+            scores = self.scorer(completions, Truth.from_columns(kwargs))
             elapsed = time.perf_counter() - started
             self.seconds += elapsed
             if "log_metric" in kwargs:
                 kwargs["log_metric"]("timing/reward_s", elapsed)
-            self._key, self._scores = key, with_threshold_components(scores)
+            self._key, self._scores = key, scores
         return self._scores
 
     def reward_function(self, name: str) -> Callable[..., list[float]]:
@@ -110,9 +84,11 @@ class RewardBoard:
         return reward
 
     def reward_functions(self) -> tuple[list[Callable], list[float]]:
-        """TRL ``reward_funcs`` and ``reward_weights``: combined drives learning, the rest are logged."""
-        names = ("combined", *EXTRA_REWARDS)
-        return [self.reward_function(n) for n in names], [1.0] + [0.0] * len(EXTRA_REWARDS)
+        """TRL ``reward_funcs`` and ``reward_weights``: combined drives learning, the components the
+        reward table marks ``logged`` are logged."""
+        logged = [c.name for c in rewards.COMPONENTS if c.logged]
+        names = (rewards.COMBINED, *logged)
+        return [self.reward_function(n) for n in names], [1.0] + [0.0] * len(logged)
 
 
 def grpo_arguments(cfg: GeorConfig, output_dir: str, *, has_eval: bool, reward_weights: list[float]) -> Any:

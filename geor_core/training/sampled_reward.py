@@ -30,11 +30,10 @@ from geor_core.config import GeorConfig, RewardConfig
 from geor_core.data.images import load_image
 from geor_core.geo.parse import parse_many
 from geor_core.scoring.metrics import compute_metrics
-from geor_core.scoring.rewards import score_completions
+from geor_core.scoring.rewards import Truth, score_completions
 from geor_core.training.generation import generate
 
 SAMPLING_SEED = 1234
-TRUTH_COLUMNS = ("lat", "lon", "country_code", "state", "city")
 MEAN_COMPONENTS = ("combined", "format", "parse_failed")
 
 
@@ -113,10 +112,7 @@ def sampled_reward(
                 max_new_tokens=cfg.grpo.max_completion_length, do_sample=True, temperature=cfg.grpo.temperature,
                 top_p=cfg.grpo.top_p, seed=seed + start * samples_per_row + draw,
             )  # fmt: skip
-    scores = score_completions(
-        completions, truth["lat"], truth["lon"], truth["country_code"], truth["state"], truth["city"],
-        reward or cfg.reward,
-    )  # fmt: skip
+    scores = score_completions(completions, truth, reward or cfg.reward)
     means = {name: float(np.mean(scores[name])) for name in MEAN_COMPONENTS}
     located = scores["distance_km"][~np.isnan(scores["distance_km"])]
     return SampledReward(
@@ -145,17 +141,15 @@ def completion_metrics(completions: list[str], rows: pa.Table) -> dict[str, Any]
     truth = _repeated_truth(rows, len(completions) // rows.num_rows)
     parsed = parse_many(completions)
     return compute_metrics(
-        parsed.lat, parsed.lon, truth["lat"], truth["lon"], format_ok=parsed.format_ok,
+        parsed.lat, parsed.lon, truth.lat, truth.lon, format_ok=parsed.format_ok,
         pred_country=parsed.country, pred_state=parsed.state, pred_city=parsed.city,
-        truth_country_code=truth["country_code"], truth_state=truth["state"], truth_city=truth["city"],
+        truth_country_code=truth.country_code, truth_state=truth.state, truth_city=truth.city,
     )  # fmt: skip
 
 
-def _repeated_truth(rows: pa.Table, copies: int) -> dict[str, list]:
-    missing = [name for name in TRUTH_COLUMNS if name not in rows.column_names]
-    if missing:
-        raise ValueError(f"the rows lack column(s) {missing}; they have {rows.column_names}")
-    return {name: rows.column(name).to_pylist() * copies for name in TRUTH_COLUMNS}
+def _repeated_truth(rows: pa.Table, copies: int) -> Truth:
+    """The truth of ``copies`` draws over ``rows``, draw-major."""
+    return Truth.from_columns(pa.concat_tables([rows] * copies) if copies else rows.slice(0, 0))
 
 
 def _readable(rows: pa.Table, cfg: GeorConfig) -> tuple[pa.Table, list[Image.Image], int]:

@@ -9,7 +9,7 @@ The same construction runs inside each Ray Train worker (tasks/sft.py) and bare 
   ``model.max_image_pixels`` ends training with an error naming it, as a missing photo does.
   TRL sees a vision dataset (an ``image`` column), skips its own preprocessing and collates
   prompt + completion through the processor, with loss on the completion only.
-- Gradient checkpointing is off (TRL turns it on by default; 25% slower on CPU, DESIGN.md).
+- Gradient checkpointing is off (TRL turns it on by default; 25% slower on CPU, docs/design.md).
 - DeepSpeed from ``deepspeed_config``; fp32 on CPU, bf16 on GPU. Nothing is reported to
   MLflow by the Trainer itself (``report_to="none"``): the caller adds its own rank-0 callback.
 """

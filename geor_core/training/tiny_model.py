@@ -1,8 +1,8 @@
 """A tiny random-weight Qwen2.5-VL model and a tokenizer trained on the spot: the CPU default.
 
 Nothing is downloaded. The architecture is the real one (``Qwen2_5_VLForConditionalGeneration``)
-at the size DESIGN.md measured to learn best on 2 cores (about 1.24M parameters: optimizer steps
-are the budget there, not capacity). The tokenizer is a byte-level BPE in Qwen2's exact
+at the size measured to learn best on 2 cores (about 1.24M parameters: optimizer steps are the
+budget there, not capacity; docs/design.md). The tokenizer is a byte-level BPE in Qwen2's exact
 pre-tokenization (digits split into single tokens, so coordinates are digit by digit), trained on
 Chain-of-Region text made from real gazetteer rows, the prompt and the chat scaffolding, so the
 vocabulary fits the task. It has Qwen's special tokens and a Qwen-style chat template (no default

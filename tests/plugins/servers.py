@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 
 # Ray reads this once, when it is first imported: set it before any test module imports ray, so
-# every Ray socket binds to loopback (DESIGN.md, facts about Ray 2.60).
+# every Ray socket binds to loopback (docs/design.md, facts about Ray 2.60).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 BIN = Path(sys.executable).parent

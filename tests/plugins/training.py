@@ -11,6 +11,9 @@ stages are skipped as complete instead of being paid for twice.
 - ``prepared_world`` -> URI of the `geor prepare` output over ``world_dir`` (test preset).
 - ``sft_checkpoint`` -> a :class:`tasks.training_run.TrainingResult` for fine-tuning
   ``tiny_model_dir`` on it with the test preset (1 worker, ZeRO-2), long enough that completions parse.
+
+Every test that needs these stages (directly or through another fixture) is marked ``slow``:
+building them takes minutes, so ``make test-fast`` (``pytest -m "not slow"``) leaves those tests out.
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ from typing import Any
 import pytest
 
 from tests.plugins.models import BUILD_SECONDS, TEST_PRESET
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "shared_stages" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
