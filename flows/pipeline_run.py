@@ -18,6 +18,8 @@ Choices:
   resources (the selected stages' ``preflight``), the tracking server (opening the parent run).
 - One MLflow parent run per invocation; each stage's run is its child (a skipped stage gets a
   short child run tagged ``geor.stage_status=skipped``). One local Ray session serves all stages.
+- ``PipelineResult.gate`` is what the register stage's gate decided in this invocation: every
+  registered version (SFT, SFT+GRPO), the best candidate and whether it became champion.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from geor_core.registry.stage_state import (
     stage_key,
 )
 from geor_core.registry.tracking import parent_run, stage_run, tracking_uri
+
+LEFT_BEHIND = (f"{RECORDS_DIR}/*.json",)  # what an older geor's pipeline always left in its root
 
 
 @dataclass
@@ -124,7 +128,7 @@ class PipelineRun:
     def run(self) -> PipelineResult:
         from tasks.ray_session import connect_ray
 
-        legacy = (f"{RECORDS_DIR}/*.json",)
+        legacy = LEFT_BEHIND
         check_output(self.root, "pipeline", legacy=legacy)  # before anything; nothing written
         self.check_upstream()
         os.environ.setdefault(CODE_VERSION_ENV, code_version())

@@ -8,7 +8,11 @@ skipping, resuming, ``--from``/``--only``, preflight and dispatch from ``STAGES`
 and writes under ``run.output_dir(stage)``; ``overwrite`` is False when it resumes a crashed run.
 
 GRPO trains on the mined hard rows; when mining keeps none (the SFT model is already within the
-radius everywhere) it falls back to the full prepared rows and says so.
+radius everywhere) it falls back to the full prepared rows and says so. Register offers every
+model the pipeline trained and evaluated (SFT, then SFT+GRPO) to the champion gate, each with its
+scorecard from the evaluation; the gate registers each and promotes the best one under its rule.
+The config each stage reads is declared once, in ``geor_core.config.logged_params.STAGE_READS``:
+its key hashes it and its MLflow run logs it as params.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from flows.promotion_gate import gate_and_register
+from flows.promotion_gate import Candidate, gate_and_register
 from geor_core import uris
 from geor_core.config import GeorConfig
+from geor_core.config.logged_params import STAGE_READS
 from geor_core.data.manifest import list_manifest_files, manifest_fingerprint
 from geor_core.errors import UserFacingError
 from geor_core.registry.lineage import code_version, data_fingerprint
@@ -139,12 +144,15 @@ def evaluate(run: PipelineRun, *, overwrite: bool) -> dict[str, Any]:
         f"grpo={run.out('grpo', 'output')}",
     ]
     result = run_evaluate(run.cfg, run.out("prepare", "output"), models, output, overwrite=overwrite)
-    final = next(e for e in result.models if e.label == "grpo")
-    return {"output": output, "comparison": result.comparison, "final_metrics": final.report.metrics}
+    metrics = {e.label: e.report.metrics for e in result.models if e.label in CANDIDATES}
+    return {"output": output, "comparison": result.comparison, "metrics": metrics}
+
+
+CANDIDATES = ("sft", "grpo")  # the trained models offered to the gate, in the order it weighs them
 
 
 def register(run: PipelineRun, *, overwrite: bool) -> dict[str, Any]:
-    del overwrite  # registering again always makes a new version
+    del overwrite  # registering again always makes new versions
     if not tracking_uri(run.cfg):
         log("register: no MLflow tracking configured (tracking.uri / MLFLOW_TRACKING_URI): not registered")
         return {"registered": False}
@@ -163,22 +171,30 @@ def register(run: PipelineRun, *, overwrite: bool) -> dict[str, Any]:
         "code_version": code_version(),
         "pipeline_run_id": os.environ.get("GEOR_PARENT_RUN_ID", ""),
     }
-    same_rows = list(run.cfg.eval.splits) == ["test"]
+    same_rows = list(run.cfg.eval.splits) == ["test"]  # the evaluation's rows are the benchmark's
+    evaluated = run.outcomes["evaluate"].outputs.get("metrics", {})  # an older record has none: re-scored
+    candidates = [
+        Candidate(
+            label,
+            run.out(label, "output"),
+            lineage,
+            evaluated.get(label) if same_rows else None,
+            prepared if same_rows else None,
+        )
+        for label in CANDIDATES
+    ]
     gate = gate_and_register(
-        run.cfg,
-        run.out("grpo", "output"),
-        lineage=lineage,
-        work_uri=uris.join(run.root, "gate"),
-        default_benchmark=prepared,
-        candidate_metrics=run.out("evaluate", "final_metrics") if same_rows else None,
-        candidate_metrics_benchmark=prepared if same_rows else None,
+        run.cfg, candidates, work_uri=uris.join(run.root, "gate"), default_benchmark=prepared
     )
     return {
         "registered": True,
         "model_name": gate.model_name,
+        "versions": {entry.label: entry.version for entry in gate.registered},
+        "best": gate.label,
         "version": gate.version,
         "promoted": gate.promoted,
         "reason": gate.decision.reason,
+        "champion": gate.champion,
         "benchmark": gate.benchmark,
         "gate": gate,
     }
@@ -190,7 +206,7 @@ STAGES: tuple[Stage, ...] = (
         "prepare",
         upstream=(),
         output_dir="prepared",
-        reads={"prepare": "prepare"},
+        reads=STAGE_READS["prepare"],
         runner=prepare,
         preflight=(check_manifest,),
         extra_key=manifest_key,
@@ -199,7 +215,7 @@ STAGES: tuple[Stage, ...] = (
         "sft",
         upstream=("prepare",),
         output_dir="sft",
-        reads={"model": "model", "sft": "sft"},
+        reads=STAGE_READS["sft"],
         runner=sft,
         preflight=(check_base_model, check_sft_resources),
     ),
@@ -207,14 +223,14 @@ STAGES: tuple[Stage, ...] = (
         "mine-hard",
         upstream=("prepare", "sft"),
         output_dir="hard",
-        reads={"eval": "eval", "radius_km": "grpo.hard_radius_km"},
+        reads=STAGE_READS["mine-hard"],
         runner=mine_hard,
     ),
     Stage(
         "grpo",
         upstream=("mine-hard", "sft"),
         output_dir="grpo",
-        reads={"grpo": "grpo", "reward": "reward"},
+        reads=STAGE_READS["grpo"],
         runner=grpo,
         preflight=(check_grpo_resources,),
     ),
@@ -222,7 +238,7 @@ STAGES: tuple[Stage, ...] = (
         "evaluate",
         upstream=("prepare", "sft", "grpo"),
         output_dir="eval",
-        reads={"eval": "eval", "reward": "reward"},
+        reads=STAGE_READS["evaluate"],
         runner=evaluate,
         preflight=(check_base_model,),
     ),
@@ -230,7 +246,7 @@ STAGES: tuple[Stage, ...] = (
         "register",
         upstream=("prepare", "mine-hard", "sft", "grpo", "evaluate"),
         output_dir=None,  # the gate's scratch goes to <root>/gate
-        reads={"registry": "registry"},
+        reads=STAGE_READS["register"],
         runner=register,
     ),
 )

@@ -14,7 +14,9 @@ Choices:
 - The champion is pinned by version for the whole run (``models:/NAME/V``), so a promotion
   elsewhere mid-run cannot change what the challenger started from or is compared with.
 - Steps: prepare the new rows -> (optional SFT from the champion) -> mine hard rows with the
-  start model -> GRPO warm-started from it -> gate on the registered benchmark. Every run gets a
+  start model -> GRPO warm-started from it -> gate on the registered benchmark. Every challenger
+  trained goes through the gate (the SFT one too when ``retrain.sft`` is on): each is registered,
+  and the best one under the gate's rule is compared with the champion. Every run gets a
   fresh folder ``<storage.root>/retrain/<UTC time>``, claimed for the retrain (and each step's
   folder in it for its step: geor_core/ownership.py).
 """
@@ -26,7 +28,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from flows.promotion_gate import GateOutcome, gate_and_register
+from flows.promotion_gate import Candidate, GateOutcome, gate_and_register
 from geor_core import uris
 from geor_core.config import GeorConfig
 from geor_core.data.manifest import manifest_folder
@@ -109,7 +111,11 @@ def _retrain(cfg: GeorConfig, manifest: str, champion: registry.Version, lock: R
     start = f"models:/{cfg.registry.model_name}/{champion.version}"
     prepared = _prepare(cfg, new, work, manifest)
     lock.ensure_held()
-    challenger = cfg.retrain.challenger or _train(cfg, prepared, start, work, lock)
+    challengers = (
+        {"challenger": cfg.retrain.challenger}
+        if cfg.retrain.challenger
+        else _train(cfg, prepared, start, work, lock)
+    )
     lock.ensure_held()
     lineage = {
         "manifest": manifest,
@@ -118,14 +124,13 @@ def _retrain(cfg: GeorConfig, manifest: str, champion: registry.Version, lock: R
         "training_data": json.dumps([*training_data, prepared]),
         "warm_start": start,
         "retrained_from_version": champion.version,
-        "challenger": challenger,
         "config_hash": cfg.fingerprint(),
         "code_version": code_version(),
     }
+    candidates = [Candidate(label, uri, {**lineage, "challenger": uri}) for label, uri in challengers.items()]
     gate = gate_and_register(
         cfg,
-        challenger,
-        lineage=lineage,
+        candidates,
         work_uri=uris.join(work, "gate"),
         default_benchmark=champion.tags.get(registry.BENCHMARK_TAG, prepared),
     )
@@ -147,17 +152,21 @@ def _prepare(cfg: GeorConfig, new: NewRows, work: str, manifest: str) -> str:
     return output
 
 
-def _train(cfg: GeorConfig, prepared: str, start: str, work: str, lock: RunLock) -> str:
+def _train(cfg: GeorConfig, prepared: str, start: str, work: str, lock: RunLock) -> dict[str, str]:
+    """The challengers trained, by label, in the order the gate weighs them: the SFT one (with
+    ``retrain.sft``), then GRPO's."""
     from tasks.grpo import run_grpo
     from tasks.mine_hard import run_mine_hard
     from tasks.sft import run_sft
 
+    trained: dict[str, str] = {}
     if cfg.retrain.sft:
-        start = run_sft(cfg, prepared, start, uris.join(work, "sft")).export_uri
+        start = trained["sft"] = run_sft(cfg, prepared, start, uris.join(work, "sft")).export_uri
         lock.ensure_held()
     hard = uris.join(work, "hard")
     mined = run_mine_hard(cfg, prepared, start, hard, cfg.grpo.hard_radius_km)
     data = hard if int(mined.stats["mining"]["kept"]) > 0 else prepared
     _log(f"mined {mined.stats['mining']['kept']} hard rows; GRPO on {data}")
     lock.ensure_held()
-    return run_grpo(cfg, data, start, uris.join(work, "grpo")).export_uri
+    trained["grpo"] = run_grpo(cfg, data, start, uris.join(work, "grpo")).export_uri
+    return trained

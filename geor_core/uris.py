@@ -25,6 +25,9 @@ import fsspec
 from fsspec import AbstractFileSystem
 
 MARKER_NAME = "_SUCCESS.json"
+# keys a completion marker may carry: the MLflow run that wrote the output, and the MLflow model
+# logged from a training stage's export (``models:/m-...`` and its id)
+MARKER_RUN_ID, MARKER_MODEL_URI, MARKER_MODEL_ID = "mlflow_run_id", "mlflow_model_uri", "mlflow_model_id"
 
 
 def is_s3(uri: str) -> bool:

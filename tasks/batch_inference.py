@@ -8,7 +8,7 @@ rest go through one Ray Data pipeline:
     from_arrow(blocks of a few batches: row number + image URI)
       -> map_batches(Geolocator, actor pool of eval.num_actors, batch_size=eval.batch_size,
                      num_cpus=eval.cpus_per_actor, num_gpus=eval.gpus_per_actor)
-      -> iter_batches on the driver
+      -> iter_batches on the driver (a console progress bar over the rows, with its ETA)
 
 Each ``Geolocator`` actor loads the model once and limits torch to its share of cores (fractional
 CPUs on a small machine: whole-CPU actors starve Ray Data's own tasks on 2 cores and the job
@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from geor_core.config import EvalConfig, GeorConfig, ModelConfig  # noqa: E402
+from geor_core.console import progress_bar  # noqa: E402
 from geor_core.data import shards  # noqa: E402
 from geor_core.errors import UserFacingError  # noqa: E402
 from geor_core.geo.prompts import INSTRUCTION  # noqa: E402
@@ -251,7 +252,10 @@ def _infer(
     errors = {i: np.full(s.rows, "", dtype=object) for i, s in by_index.items()}
     remaining = {i: s.rows for i, s in by_index.items()}
     per_shard = settings.rows_per_shard
+    label = ["", *directory.rstrip("/").split("/")][-2]  # the model's folder (evaluate) or the stage's
+    bar = progress_bar(sum(s.rows for s in pending), f"{label} inference".strip(), "row")
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        bar.update(len(batch["row"]))
         if not run.first_result_rows:
             run.first_result_seconds = round(time.monotonic() - started, 3)
             run.first_result_rows = len(batch["row"])
@@ -279,6 +283,7 @@ def _infer(
             )
             run.shards_computed.append(index)
             run.rows_computed += by_index[index].rows
+    bar.close()
     unfinished = sorted(i for i, left in remaining.items() if left)
     if unfinished:
         raise RuntimeError(f"inference returned no completion for some rows of shards {unfinished}")

@@ -42,11 +42,13 @@ import pyarrow as pa
 
 from geor_core import uris
 from geor_core.config import GeorConfig, ModelConfig
+from geor_core.data.cor_rows import OUTPUT_SCHEMA
 from geor_core.data.dataset import read_prepared, require_prepared
 from geor_core.data.shards import MARKERS_DIR
 from geor_core.errors import UserFacingError
 from geor_core.ownership import claim_output
 from geor_core.registry import tracking
+from geor_core.registry.dataset_inputs import log_dataset
 from geor_core.registry.lineage import data_fingerprint
 from geor_core.scoring import plots
 from geor_core.scoring.evaluation_report import (
@@ -175,9 +177,13 @@ def run_evaluate(
         "geor.output": output_uri,
     }
     evaluations: list[ModelEvaluation] = []
-    with ray_scope(), tracking.stage_run(cfg, "evaluate", tags=tags) as run:
+    run_inputs = {"data": data_uri, **{f"model.{label}": source for label, source in labelled}}
+    with (
+        ray_scope(),
+        tracking.stage_run(cfg, "evaluate", tags=tags, inputs=run_inputs, output=output_uri) as run,
+    ):
         if run is not None:
-            tracking.log_dataset(data_uri, "evaluation-data", "evaluation")
+            log_dataset(data_uri, "evaluation-data", "evaluation", OUTPUT_SCHEMA)
         for label, source in labelled:
             fingerprint = inference_fingerprint(cfg, source, data=fingerprint_of_data, reward=cfg.reward)
             evaluation = _evaluate_model(cfg, label, source, rows, output_uri, fingerprint)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from geor_core import uris
 from geor_core.config import GeorConfig
+from geor_core.config.logged_params import config_yaml
 from geor_core.registry import tracking
 from geor_core.scoring.evaluation_report import COMPARISON_COLUMNS, METRIC_KEYS
 
@@ -66,6 +67,7 @@ def log_model_run(cfg: GeorConfig, evaluation: ModelEvaluation, directory: str) 
         if evaluation.inference.rows_per_second:
             metrics["rows_per_second"] = evaluation.inference.rows_per_second
         mlflow.log_metrics(metrics)
+        mlflow.log_text(config_yaml(cfg), tracking.CONFIG_ARTIFACT)
         mlflow.log_dict(report.summary(), "metrics.json")
         mlflow.log_table(report.per_country, "per_country.json")
         mlflow.log_table(report.worst, "worst.json")

@@ -50,6 +50,7 @@ from geor_core.data.shards import MARKERS_DIR
 from geor_core.errors import UserFacingError
 from geor_core.ownership import claim_output
 from geor_core.registry import tracking
+from geor_core.registry.dataset_inputs import log_dataset
 from geor_core.registry.lineage import data_fingerprint
 from geor_core.scoring.predictions import evaluation_predictions
 from geor_core.scoring.scoring import read_table
@@ -116,7 +117,11 @@ def run_mine_hard(
         "geor.upstream.model": model,
         "geor.predictions_uri": predictions_uri,
     }
-    with ray_scope(), tracking.stage_run(cfg, "mine-hard", tags=tags) as run:
+    inputs = {"model": model, "data": data_uri}
+    with (
+        ray_scope(),
+        tracking.stage_run(cfg, "mine-hard", tags=tags, inputs=inputs, output=output_uri) as run,
+    ):
         inference = run_sharded_inference(cfg, model, pool, predictions_uri, fingerprint, build)
         predictions = read_table(predictions_uri)
         hard_ids = hard_row_ids(predictions, radius_km)
@@ -131,19 +136,20 @@ def run_mine_hard(
                 f"{len(hard_ids)} hard rows found but {stats['splits'].get(MINED_SPLIT, 0)} written"
             )
         uris.write_text(uris.join(output_uri, STATS_FILE), json.dumps(stats, indent=2) + "\n")
+        uris.write_marker(
+            output_uri,
+            {
+                "stage": "mine-hard",
+                "stats": stats,
+                "settings": settings,
+                "model": model,
+                "source": data_uri,
+                "manifest": require_prepared(data_uri).get("manifest"),
+                **({tracking.RUN_ID_KEY: run.info.run_id} if run is not None else {}),
+            },
+        )
         if run is not None:
-            _log_run(stats, output_uri)
-    uris.write_marker(
-        output_uri,
-        {
-            "stage": "mine-hard",
-            "stats": stats,
-            "settings": settings,
-            "model": model,
-            "source": data_uri,
-            "manifest": require_prepared(data_uri).get("manifest"),
-        },
-    )
+            _log_run(stats, output_uri)  # after the marker: the dataset's digest is final
     return MineHardResult(output_uri, stats, False, inference)
 
 
@@ -213,4 +219,4 @@ def _log_run(stats: dict[str, Any], output_uri: str) -> None:
     keys = ("rows_in", "kept", "dropped", "missing_predictions", "train_rows_not_mined")
     mlflow.log_metrics({f"mining_{key}": float(mining[key]) for key in keys})
     mlflow.log_dict(stats, "mine_hard/stats.json")
-    tracking.log_dataset(output_uri, "hard-samples", "output")
+    log_dataset(output_uri, "hard-samples", "output", OUTPUT_SCHEMA)

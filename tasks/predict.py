@@ -82,7 +82,8 @@ def run_predict(
         "geor.upstream.model": model,
         "geor.predictions_uri": predictions_uri,
     }
-    with ray_scope(), tracking.stage_run(cfg, "predict", tags=tags) as run:
+    inputs = {"model": model, "images": images}
+    with ray_scope(), tracking.stage_run(cfg, "predict", tags=tags, inputs=inputs, output=output_uri) as run:
         inference = run_sharded_inference(cfg, model, photos, predictions_uri, fingerprint, build)
         table = read_table(predictions_uri)
         if len(table) != photos.num_rows:

@@ -34,7 +34,7 @@ from ray.data.block import BlockMetadata  # noqa: E402
 
 from geor_core import uris  # noqa: E402
 from geor_core.config import GeorConfig, PrepareConfig  # noqa: E402
-from geor_core.data.cor_rows import RowRules  # noqa: E402
+from geor_core.data.cor_rows import OUTPUT_SCHEMA, RowRules  # noqa: E402
 from geor_core.data.dataset import DATA_DIR, REJECTS_DIR, output_stats, read_rejects  # noqa: E402
 from geor_core.data.image_refs import ReferenceRule, reference_rule  # noqa: E402
 from geor_core.data.manifest import ManifestFile, list_manifest_files, manifest_folder  # noqa: E402
@@ -42,6 +42,7 @@ from geor_core.data.manifest import manifest_fingerprint as manifest_fingerprint
 from geor_core.data.prepare_blocks import FileContext, PrepareJob, read_raw_blocks, transform_block  # noqa: E402
 from geor_core.data.prepare_output import check_settings, clear_output, finish_output, finished_stats  # noqa: E402
 from geor_core.registry import tracking  # noqa: E402
+from geor_core.registry.dataset_inputs import log_dataset  # noqa: E402
 from tasks.prepare_scan import ManifestScan, scan_manifest  # noqa: E402
 from tasks.ray_session import connect_ray
 
@@ -106,7 +107,8 @@ def run_prepare(cfg: GeorConfig) -> PrepareOutcome:
         return PrepareOutcome(finished, skipped=True)
     clear_output(prepare)
     lineage = {"geor.data_fingerprint": manifest_fingerprint, "geor.upstream.manifest": prepare.manifest}
-    with tracking.stage_run(cfg, "prepare", tags=lineage) as run:
+    inputs = {"manifest": prepare.manifest}
+    with tracking.stage_run(cfg, "prepare", tags=lineage, inputs=inputs, output=prepare.output) as run:
         clock = {"start": started}
         started_ray = connect_ray()
         clock["ray_ready"] = time.monotonic()
@@ -219,7 +221,7 @@ def _log_run(prepare: PrepareConfig, stats: dict[str, Any]) -> None:
     mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
     mlflow.log_dict(stats, "prepare/stats.json")
     mlflow.log_text(_rejects_sample_csv(prepare.output), "prepare/rejects_sample.csv")
-    tracking.log_dataset(prepare.output, "prepared", "output")
+    log_dataset(prepare.output, "prepared", "output", OUTPUT_SCHEMA)
 
 
 def _rejects_sample_csv(output: str) -> str:

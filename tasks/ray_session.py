@@ -2,11 +2,30 @@
 ``RAY_ADDRESS`` (set under ``ray job submit``; ``RAY_ADDRESS=auto`` joins a `ray start` cluster
 on this machine), else a new local instance. Never Ray's implicit "join whatever
 /tmp/ray/ray_current_cluster names": a cluster that died leaves that file behind and the next
-job would wait on it."""
+job would wait on it.
+
+A new local instance keeps to itself and keeps the console readable (geor_core/console.py):
+- its dashboard process serves Ray's State API on 127.0.0.1, and every worker of the job is told
+  where (``RAY_API_SERVER_ADDRESS``). Ray Train's placement-group cleaner asks that API whether
+  the run's controller lives; without it, it warned every second ("Failed to query Ray Train
+  Controller actor state") or, with another Ray instance on the machine, looked for one among
+  all of them and died with "Found multiple active Ray instances".
+Everywhere, Ray Train's patch of ``print`` in its workers is off (``RAY_TRAIN_ENABLE_PRINT_PATCH=0``,
+which Ray Train hands on to its workers): it sent each print twice and dumped the bytecode that
+dill disassembles into a captured stream. In quiet mode the driver's INFO logs go to the full log
+and the workers' output is routed (:func:`route_worker_output`).
+"""
 
 from __future__ import annotations
 
 import os
+import socket
+from typing import Any
+
+from geor_core.console import CONSOLE_PREFIX, is_verbose, log_file, quiet_loggers
+from geor_core.uris import redact_uri
+
+RAY_HANDLER = "ray_print_logs"  # the name under which Ray prints worker output on the driver
 
 
 def connect_ray() -> bool:
@@ -15,5 +34,67 @@ def connect_ray() -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    quiet = log_file() is not None and not is_verbose()
+    if quiet:
+        import ray.data
+        from ray.util.debug import log_once
+
+        # geor draws the bars that matter (training steps, inference rows); Ray Data's per-dataset
+        # bars are off, and so is its warning that they are (it warns once per process)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        log_once("ray_data_progress_manager_disabled")
+        quiet_loggers()
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, include_dashboard=False)
+        started = f"joined the Ray cluster at {redact_uri(address)}"
+    else:
+        port = _free_port()
+        ray.init(
+            address="local",
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+        )
+        started = f"started a local Ray instance; its dashboard: http://127.0.0.1:{port}"
+    if quiet:  # Ray's own line about it went to the full log
+        route_worker_output()
+        print(f"{CONSOLE_PREFIX}ray] {started}", flush=True)
     return True
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def route_worker_output() -> None:
+    """Quiet mode: of what the Ray workers print, the console gets geor's own lines and Ray's
+    distributed progress bars; every other line goes to the full log only. A failing worker still
+    ends its stage with the error and its traceback, raised on the driver."""
+    from ray._private import worker as ray_worker
+    from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
+
+    log = log_file()
+
+    def route(data: dict[str, Any]) -> None:
+        shown, hidden = [], []
+        lines = data.get("lines", [])
+        if data.get("pid") == "autoscaler":  # its status reports; Ray itself shows only its events
+            lines = list(ray_worker.filter_autoscaler_events(lines))
+        for line in lines:
+            (shown if RAY_TQDM_MAGIC in line or line.startswith(CONSOLE_PREFIX) else hidden).append(line)
+        if hidden and log is not None:
+            who = f"({data.get('actor_name') or data.get('task_name') or 'worker'} pid={data.get('pid')})"
+            log.write("".join(f"{who} {line}\n" for line in hidden))
+        if shown:
+            ray_worker.print_to_stdstream({**data, "lines": shown}, ignore_prefix=True)
+
+    dispatcher = getattr(ray_worker, "global_worker_stdstream_dispatcher", None)
+    if dispatcher is None:  # another Ray: leave its own printing in place
+        return
+    dispatcher.remove_handler(RAY_HANDLER)
+    dispatcher.add_handler(RAY_HANDLER, route)

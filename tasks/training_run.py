@@ -13,15 +13,24 @@ from typing import Any
 
 from geor_core import uris
 from geor_core.config import GeorConfig, TrainingConfig
+from geor_core.data.cor_rows import OUTPUT_SCHEMA
 from geor_core.data.dataset import require_prepared
 from geor_core.errors import UserFacingError
 from geor_core.ownership import check_output, claim_output
-from geor_core.registry.tracking import log_dataset, stage_run, tracking_env
+from geor_core.registry.dataset_inputs import log_dataset
+from geor_core.registry.tracking import stage_run, tracking_env
 from geor_core.training.deepspeed_config import deepspeed_config
 from geor_core.training.model_loading import resolve_source
 from tasks.training_worker import FAULT_STEP_ENV
 
 RAY_DIR = "ray"  # Ray Train's storage: <output>/ray/<stage>/
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's default
+# 2 s) and notices a finished run up to two polls late: about 4 s of every fit. 0.5 s costs one
+# cheap remote call per worker per poll (benchmarks/train_fixed_cost.py). A value set in the
+# environment wins; the trainer passes it on to the controller it starts.
+POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+TRAIN_POLL_INTERVAL_S = 0.5
+SYSTEM_METRICS_ENV_PREFIX = "MLFLOW_SYSTEM_METRICS_"
 
 
 def scaling_config(stage: TrainingConfig) -> Any:
@@ -36,9 +45,12 @@ def scaling_config(stage: TrainingConfig) -> Any:
 
 def worker_env(tracking: dict[str, str]) -> dict[str, str]:
     """Variables each Ray Train worker sets first thing (``os.environ.update``): the tracking
-    variables, and the fault-injection spec when the driver has one. Ray workers are started by the
-    raylet, so the driver's own environment does not reach them."""
+    variables, MLflow's system-metrics settings (``MLFLOW_SYSTEM_METRICS_*``: rank 0 logs them) and
+    the fault-injection spec when the driver has them. Ray workers are started by the raylet, so the
+    driver's own environment does not reach them."""
     env = dict(tracking)
+    if tracking:
+        env |= {k: v for k, v in os.environ.items() if k.startswith(SYSTEM_METRICS_ENV_PREFIX)}
     if os.environ.get(FAULT_STEP_ENV):
         env[FAULT_STEP_ENV] = os.environ[FAULT_STEP_ENV]
     return env
@@ -151,6 +163,8 @@ def launch_training(
 ) -> TrainingResult:
     """Run ``worker_loop`` on a Ray Train TorchTrainer for ``stage`` ("sft" or "grpo"), inside the
     stage's MLflow run; skip when ``<output>/model`` is complete; resume when checkpoints exist.
+    When tracked, the export is logged as that run's MLflow model and its marker records the model
+    (``mlflow_model_uri``, ``mlflow_model_id``, ``mlflow_run_id``: geor_core.training.served_model).
     The output is checked before Ray starts and claimed for the stage after the inputs are
     (geor_core/ownership.py: refused when geor did not write it, or when it is or holds the data or
     the model); ``overwrite`` then deletes only what the stage writes there (``ray/``, ``model/``).
@@ -173,11 +187,12 @@ def launch_training(
 
     settings = getattr(cfg, stage)
     tags = {"geor.upstream.data": data_uri, "geor.upstream.model": model_uri, "geor.export_uri": export_uri}
-    with stage_run(cfg, stage, training=True, tags=tags) as run:
+    inputs = {"model": model_uri, "data": data_uri}
+    with stage_run(cfg, stage, tags=tags, inputs=inputs, output=export_uri) as run:
         if run is not None:
             import mlflow
 
-            log_dataset(data_uri, f"{stage}-data", "training")
+            log_dataset(data_uri, f"{stage}-data", "training", OUTPUT_SCHEMA)
             mlflow.log_dict(deepspeed_config(settings.zero_stage, settings.use_gpu), "deepspeed_config.json")
         loop_config = {
             "cfg": cfg.to_dict(),
@@ -188,6 +203,7 @@ def launch_training(
             "env": worker_env(tracking_env(cfg)),
             "scratch": str(Path(tempfile.gettempdir()) / f"geor-{stage}-{uuid.uuid4().hex[:12]}"),
         }
+        os.environ.setdefault(POLL_INTERVAL_ENV, str(TRAIN_POLL_INTERVAL_S))
         trainer = TorchTrainer(
             train_loop_per_worker=worker_loop,
             train_loop_config=loop_config,
@@ -196,13 +212,15 @@ def launch_training(
         )
         result = trainer.fit()
         marker = uris.read_marker(export_uri) or {}
-        if run is not None:
+        if run is not None and marker:  # the export as this run's MLflow model, recorded in its marker
+            from geor_core.training.served_model import log_export
+
+            marker = {**marker, **log_export(cfg, export_uri, stage)}
+            uris.write_marker(export_uri, marker)
+        if run is not None and result.checkpoint is not None:
             import mlflow
 
-            final = {k: float(v) for k, v in marker.get("metrics", {}).items()}
-            mlflow.log_metrics({f"final/{k}": v for k, v in final.items()})
-            if result.checkpoint is not None:
-                mlflow.set_tag("geor.last_checkpoint", result.checkpoint.path)
+            mlflow.set_tag("geor.last_checkpoint", result.checkpoint.path)
     return TrainingResult(
         export_uri,
         False,

@@ -108,6 +108,14 @@ def export_and_report(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _driver_drawn_bar(**kwargs: Any) -> Any:
+    """A progress bar drawn by the driver: Ray's distributed tqdm (a worker's own tqdm would print
+    a line per redraw into the forwarded log)."""
+    from ray.experimental.tqdm_ray import tqdm
+
+    return tqdm(**kwargs)
+
+
 @dataclass
 class WorkerSetup:
     """What every training worker builds before its trainer: config, model, processor, callbacks."""
@@ -117,21 +125,26 @@ class WorkerSetup:
     model: Any
     processor: Any
     callbacks: list
+    system_metrics: Any = None  # rank 0's MLflow system-metrics monitor (None elsewhere / untracked)
 
 
 def setup_worker(config: dict[str, Any], stage: str) -> WorkerSetup:
     """Env and scratch, the config, the model (with LoRA when configured) and the callbacks:
-    Ray's checkpoint reporting, rank-0 MLflow metrics and the fault-injection hook."""
+    Ray's checkpoint reporting, rank-0 MLflow metrics and console, the fault-injection hook. Rank 0 also
+    logs the run's system metrics from here, the machine that trains."""
     from ray.train.huggingface.transformers import RayTrainReportCallback
 
     from geor_core.config import build_config
+    from geor_core.registry.tracking import start_system_metrics
     from geor_core.training.model_loading import apply_lora, load_model, load_processor
     from geor_core.training.sft_setup import per_device_batch_size
-    from geor_core.training.train_callbacks import MlflowMetricsCallback
+    from geor_core.training.train_callbacks import ConsoleCallback, MlflowMetricsCallback
 
     context, scratch = prepare_worker(config)
     cfg = build_config(config["cfg"])
     settings = getattr(cfg, stage)
+    if not settings.use_gpu:  # say so, rather than have DeepSpeed warn that it found no GPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     rank = context.get_world_rank()
     cfg.model.name_or_path = config["model_uri"]
     processor = load_processor(cfg.model)
@@ -142,9 +155,11 @@ def setup_worker(config: dict[str, Any], stage: str) -> WorkerSetup:
     callbacks = [
         RayTrainReportCallback(),
         MlflowMetricsCallback(config["run_id"] if rank == 0 else None, global_batch),
+        ConsoleCallback(stage, progress_bar=_driver_drawn_bar),
         *FaultInjectionCallback.from_env(rank),
     ]
-    return WorkerSetup(cfg, scratch, model, processor, callbacks)
+    monitor = start_system_metrics(cfg, config["run_id"] if rank == 0 else None)
+    return WorkerSetup(cfg, scratch, model, processor, callbacks, monitor)
 
 
 def finish_worker(
@@ -155,20 +170,27 @@ def finish_worker(
     extra_marker: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     """Train (resuming when Ray has a checkpoint), then export and report with lineage in the
-    marker; ``extra_marker`` is called after training for stage-specific fields."""
-    resumed_from = train_with_resume(trainer)
-    export_and_report(
-        trainer,
-        setup.processor,
-        lora=setup.cfg.model.lora.enabled,
-        scratch=setup.scratch,
-        export_uri=config["export_uri"],
-        marker={
-            "stage": stage,
-            "resumed_from_step": resumed_from,
-            "data": config["data_uri"],
-            "base_model": config["model_uri"],
-            "config_hash": setup.cfg.fingerprint(),
-            **(extra_marker() if extra_marker else {}),
-        },
-    )
+    marker; ``extra_marker`` is called after training for stage-specific fields. The console is
+    the ConsoleCallback's alone (the Trainer's printer of raw dicts is removed)."""
+    from geor_core.training.train_callbacks import console_only
+
+    try:
+        resumed_from = train_with_resume(console_only(trainer))
+        export_and_report(
+            trainer,
+            setup.processor,
+            lora=setup.cfg.model.lora.enabled,
+            scratch=setup.scratch,
+            export_uri=config["export_uri"],
+            marker={
+                "stage": stage,
+                "resumed_from_step": resumed_from,
+                "data": config["data_uri"],
+                "base_model": config["model_uri"],
+                "config_hash": setup.cfg.fingerprint(),
+                **(extra_marker() if extra_marker else {}),
+            },
+        )
+    finally:
+        if setup.system_metrics is not None:
+            setup.system_metrics.finish()

@@ -13,7 +13,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY_CLUSTER = ROOT / "ray_cluster.yaml"
-MANIFESTS = sorted((ROOT / "clusters").glob("*.yaml"))
+# Kubernetes manifests; runtime_env.yaml is a Ray job's runtime env (checked in tests/test_docs.py)
+MANIFESTS = sorted(p for p in (ROOT / "clusters").glob("*.yaml") if p.name != "runtime_env.yaml")
 
 
 def load_manifest(path: Path) -> list[tuple[str, dict[str, Any]]]:

@@ -24,11 +24,7 @@ def test_every_shipped_preset_validates():
 def test_paper_defaults_when_nothing_is_set():
     cfg = build_config({})
     assert (cfg.grpo.num_generations, cfg.grpo.beta, cfg.grpo.learning_rate) == (4, 0.04, 1e-6)
-    assert (cfg.grpo.temperature, cfg.grpo.max_prompt_length, cfg.grpo.max_completion_length) == (
-        0.9,
-        512,
-        256,
-    )
+    assert (cfg.grpo.temperature, cfg.grpo.max_completion_length) == (0.9, 256)
     assert cfg.reward.mode == "product" and cfg.reward.distance_shape == "piecewise"
     assert cfg.sft.learning_rate == 1e-5
 
@@ -66,6 +62,9 @@ def test_yaml_file_round_trips(tmp_path):
     [
         ("grpo.beta=-1", "grpo.beta: got -1.0, must be >= 0.0"),
         ("grpo.bogus=1", "unknown key 'grpo.bogus'"),
+        ("grpo.betta=0.1", "unknown key 'grpo.betta' in section 'grpo'; did you mean 'grpo.beta'?"),
+        ("grop.beta=0.1", "unknown key 'grop' in the top level; did you mean 'grpo'?"),
+        ("model.lora.dropuot=0.1", "did you mean 'model.lora.dropout'?"),
         ("nosection.x=1", "unknown key 'nosection'"),
         ("reward.mode=sum", "reward.mode: got 'sum', allowed: 'product', 'weighted_sum'"),
         ("sft.max_steps=ten", "sft.max_steps: got 'ten', expected an integer"),
@@ -86,6 +85,8 @@ def test_errors_name_key_value_and_what_is_allowed(override, message):
 def test_unknown_preset_lists_the_known_ones(tmp_path):
     with pytest.raises(ConfigError, match="unknown preset 'nope'; presets: .*tiny"):
         load_config("nope")
+    with pytest.raises(ConfigError, match="unknown preset 'tyni'; did you mean 'tiny'"):
+        load_config("tyni")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.yaml"))
     bad = tmp_path / "bad.yaml"

@@ -7,6 +7,8 @@ huggingface_hub, and the only servers used are the session's loopback ones.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -63,6 +65,83 @@ def test_tiny_model_reloads_with_plain_transformers_and_generates(tiny_model_dir
     completions = generate(model, processor, [_street_photo(), _world_photo(world_dir)], max_new_tokens=12)
     assert len(completions) == 2
     assert all(isinstance(text, str) and text for text in completions)
+
+
+# Run in a fresh interpreter that cannot import the project: only transformers and the export.
+PLAIN_TRANSFORMERS = """
+import importlib.abc, json, sys
+class NoProject(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("geor_core", "tasks", "flows"):
+            raise ImportError(f"{name} is not importable here")
+sys.meta_path.insert(0, NoProject())
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+export = sys.argv[1]
+try:
+    refused = type(AutoProcessor.from_pretrained(export)).__name__
+except ValueError as exc:
+    refused = str(exc)
+processor = AutoProcessor.from_pretrained(export, trust_remote_code=True)
+model = AutoModelForImageTextToText.from_pretrained(export)
+turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Where?"}]}]
+text = processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+inputs = processor(text=[text], images=[Image.new("RGB", (64, 48), (200, 30, 30))], return_tensors="pt")
+new = model.generate(**inputs, max_new_tokens=5, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+print("RESULT", json.dumps({
+    "refused": refused, "processor": type(processor).__name__, "inputs": sorted(inputs),
+    "new_tokens": len(new), "answer": processor.decode(new, skip_special_tokens=True),
+    "project_imported": [m for m in sys.modules if m.split(".")[0] in ("geor_core", "tasks", "flows")],
+}))
+"""
+
+
+def test_export_loads_with_plain_transformers_in_a_fresh_interpreter(tiny_model_dir, tmp_path):
+    """The export names its processor in an ``auto_map`` and carries the class's source: AutoProcessor
+    with trust_remote_code gives a processor that takes images (not a bare tokenizer), and without it
+    transformers refuses loudly instead of dropping the image."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf-modules")  # where transformers copies the export's code
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_TRANSFORMERS, str(tiny_model_dir)],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.rpartition("RESULT ")[2])  # after transformers' own prompt
+    assert "trust_remote_code=True" in result["refused"]
+    assert result["processor"] == "ImageOnlyQwen2_5_VLProcessor"
+    assert {"pixel_values", "image_grid_thw", "input_ids"} <= set(result["inputs"])
+    assert result["new_tokens"] > 0 and result["answer"]
+    assert result["project_imported"] == []
+    saved = json.loads((tiny_model_dir / "processor_config.json").read_text())
+    assert saved["auto_map"] == {"AutoProcessor": "image_processor.ImageOnlyQwen2_5_VLProcessor"}
+
+
+def test_load_processor_reads_exports_with_and_without_the_auto_map(tiny_model_dir, tmp_path):
+    """Exports saved before the processor carried its code (no ``auto_map``) still load, and a
+    training stage's export (``load_processor`` then ``save_pretrained``) carries the code."""
+    import shutil
+
+    from geor_core.training.model_loading import load_processor
+
+    old = tmp_path / "old-export"
+    shutil.copytree(tiny_model_dir, old)
+    (old / "image_processor.py").unlink()
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        config = json.loads((old / name).read_text())
+        config.pop("auto_map")
+        config.get("image_processor", {}).pop("auto_map", None)
+        (old / name).write_text(json.dumps(config))
+    for export in (tiny_model_dir, old):
+        processor = load_processor(str(export))
+        assert type(processor).__name__ == "ImageOnlyQwen2_5_VLProcessor"
+        assert type(processor).__module__ == "geor_core.training.image_processor"  # never the export's copy
+        encoded = processor(text=["x <|image_pad|>"], images=[_street_photo().convert("RGB")])
+        assert len(encoded["pixel_values"]) > 0
+    processor.save_pretrained(tmp_path / "re-export")  # what every training worker does
+    saved = json.loads((tmp_path / "re-export" / "processor_config.json").read_text())
+    assert saved["auto_map"]["AutoProcessor"] == "image_processor.ImageOnlyQwen2_5_VLProcessor"
+    assert (tmp_path / "re-export" / "image_processor.py").is_file()
 
 
 def test_tiny_model_build_is_deterministic(tmp_path):
@@ -192,7 +271,7 @@ def test_real_presets_validate_and_fail_clearly_offline(preset):
     cfg = load_config(preset)
     assert cfg.model.dtype == "bfloat16" and cfg.sft.zero_stage == 3
     image_tokens = cfg.model.max_pixels // PIXELS_PER_IMAGE_TOKEN
-    assert image_tokens + 128 <= cfg.grpo.max_prompt_length == 512  # the image fits a 512-token prompt
+    assert image_tokens + 128 <= 512  # the image fits the paper's 512-token prompt
     hub_id = cfg.model.name_or_path
     cpu = load_config(preset, ["model.device=cpu"]).model
     for load in (load_model, load_processor):

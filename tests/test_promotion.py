@@ -82,3 +82,17 @@ def test_lower_is_better_guard_median_km():
 def test_a_missing_metric_is_an_error_naming_it(candidate, champion, who, missing):
     with pytest.raises(UserFacingError, match=rf"the {who}'s scorecard has no '{missing}'"):
         decide(candidate, champion, rules())
+
+
+def test_the_best_of_several_candidates_is_the_one_the_rule_prefers_in_order():
+    from geor_core.registry.promotion import best_candidate
+
+    sft, grpo = card(3814.0), card(3806.5)
+    best, lost = best_candidate([("sft", sft), ("grpo", grpo)], rules(margin=0.0))
+    assert best == 0 and lost[1].startswith("did not beat sft: geoscore better by -7.5")
+    best, lost = best_candidate([("sft", sft), ("grpo", card(3900.0))], rules(margin=0.0))
+    assert best == 1 and lost[0].startswith("grpo beat it: geoscore better by 86")
+    # a later candidate must pass the same guards against the leader as against a champion
+    best, lost = best_candidate([("sft", sft), ("grpo", card(4500.0, format_rate=90.0))], rules())
+    assert best == 0 and "format_rate fell 10 behind sft" in lost[1]
+    assert best_candidate([("only", sft)], rules()) == (0, {})

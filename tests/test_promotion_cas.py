@@ -180,12 +180,17 @@ def test_the_gate_refuses_when_the_champion_changed_while_it_scored(
     with pytest.raises(UserFacingError) as refused:
         promotion_gate.gate_and_register(
             cfg,
-            str(candidate),
-            lineage={"training_data": "[]"},
+            [
+                promotion_gate.Candidate(
+                    "candidate",
+                    str(candidate),
+                    {"training_data": "[]"},
+                    {"geoscore": 4000.0, "format_rate": 100.0},
+                    str(benchmark),
+                )
+            ],
             work_uri=str(tmp_path / "gate"),
             default_benchmark=str(benchmark),
-            candidate_metrics={"geoscore": 4000.0, "format_rate": 100.0},
-            candidate_metrics_benchmark=str(benchmark),
         )
     message = str(refused.value)
     assert "the champion changed from v1 to v2 since it was scored; re-run the gate" in message

@@ -45,14 +45,11 @@ def champion_of(mlflow_server: str, name: str) -> str:
 
 
 def register_champion(cfg: Any, model: str, prepared: str, work: Path) -> str:
-    from flows.promotion_gate import gate_and_register
+    from flows.promotion_gate import Candidate, gate_and_register
 
+    lineage = {"training_data": f'["{prepared}"]', "prepared": prepared}
     outcome = gate_and_register(
-        cfg,
-        model,
-        lineage={"training_data": f'["{prepared}"]', "prepared": prepared},
-        work_uri=str(work),
-        default_benchmark=prepared,
+        cfg, [Candidate("champion", model, lineage)], work_uri=str(work), default_benchmark=prepared
     )
     assert outcome.promoted
     return outcome.version
@@ -105,7 +102,11 @@ def test_new_rows_train_a_challenger_that_only_the_gate_can_promote(
     better = decision.candidate["geoscore"] - decision.champion["geoscore"] > cfg.registry.margin
     assert trained.gate.promoted == (better and decision.deltas["format_rate"] >= -cfg.registry.tolerance)
     version = registry.get_version(registry.client(mlflow_server), tracked, trained.gate.version)
-    assert version.lineage["warm_start"] == f"models:/{tracked}/{first}"
+    assert [(e.label, e.version) for e in trained.gate.registered] == [("grpo", version.version)]
+    assert (
+        version.lineage["warm_start"] == f"models:/{tracked}/{first}"
+        and version.lineage["candidate"] == "grpo"
+    )
     assert len(json.loads(version.lineage["training_data"])) == 2  # champion's data + the new rows
     champion = champion_of(mlflow_server, tracked)
 

@@ -85,6 +85,15 @@ def test_two_workers_train_and_export(
     assert run.inputs.dataset_inputs, "training data not logged as a dataset input"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "deepspeed_config.json" in artifacts
+    # the export is the run's logged MLflow model, named in its marker; its processor carries its code
+    marker = uris.read_marker(result.export_uri)
+    assert marker["mlflow_run_id"] == run.info.run_id
+    assert marker["mlflow_model_uri"] == f"models:/{marker['mlflow_model_id']}"
+    assert client.get_logged_model(marker["mlflow_model_id"]).source_run_id == run.info.run_id
+    assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [
+        marker["mlflow_model_id"]
+    ]
+    assert "auto_map" in json.loads((Path(result.export_uri) / "processor_config.json").read_text())
 
     again = run_sft(load_config("test", overrides), prepared_world, str(tiny_model_dir), output)
     assert again.skipped and again.global_step == 12

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 
 from geor_core import uris
 from geor_core.config import is_secret_key, load_config
 from geor_core.errors import UserFacingError
-from geor_core.registry import lineage, tracking
+from geor_core.registry import dataset_inputs, lineage, tracking
 from tests.plugins.servers import free_port
 
 
@@ -51,7 +53,8 @@ def test_no_uri_means_no_tracking(no_tracking_env):
         assert parent is None
     assert tracking.tracking_env(cfg) == {}
     assert tracking.MetricLogger(None, 1).log(0, {"loss": 1.0}) is False
-    assert tracking.log_dataset(".", "train", "training") is None
+    assert dataset_inputs.log_dataset(".", "train", "training") is None
+    assert tracking.start_system_metrics(cfg, "some-run") is None
 
 
 def test_env_uri_turns_tracking_on(cfg, client, monkeypatch, mlflow_server):
@@ -66,7 +69,7 @@ def test_env_uri_turns_tracking_on(cfg, client, monkeypatch, mlflow_server):
 def test_rank_other_than_zero_logs_nothing(cfg, client, monkeypatch, how):
     if how == "env":
         monkeypatch.setenv("RANK", "1")
-    with tracking.stage_run(cfg, "sft", training=True, rank=1 if how == "argument" else None) as run:
+    with tracking.stage_run(cfg, "sft", rank=1 if how == "argument" else None) as run:
         assert run is None
         assert tracking.MetricLogger(run, 1).log(0, {"loss": 1.0}) is False
     assert runs_of(client, cfg) == []
@@ -78,28 +81,40 @@ def test_bad_rank_env_is_named(cfg, monkeypatch):
         pass
 
 
-def test_stage_run_logs_params_and_lineage_tags_but_no_secrets(cfg, client, tmp_path):
+def test_stage_run_logs_what_the_stage_reads_its_inputs_and_the_config_but_no_secrets(cfg, client, tmp_path):
     cfg.prepare.splits = {"train": 0.95, "aws_secret_access_key": 0.05}
     data = str(tmp_path / "prepared")
-    uris.write_marker(data, {"rows": 10})
+    uris.write_marker(data, {"rows": 10, tracking.RUN_ID_KEY: "run-that-wrote-it"})
     tags = {
         "geor.data_fingerprint": lineage.data_fingerprint(data),
         "geor.upstream.prepare": data,
         "hf_token": "hf_should_never_be_logged",
     }
-    with tracking.stage_run(cfg, "sft", tags=tags) as run:
+    inputs = {"data": data, "model": "org/hub-model"}
+    with tracking.stage_run(cfg, "prepare", tags=tags, inputs=inputs, output=str(tmp_path / "out")) as run:
         pass
     logged = client.get_run(run.info.run_id).data
-    assert logged.tags["geor.stage"] == "sft"
+    assert logged.tags["geor.stage"] == "prepare"
     assert logged.tags["geor.config_hash"] == cfg.fingerprint()
     assert logged.tags["geor.code_version"] == lineage.code_version()
     assert logged.tags["geor.data_fingerprint"] == lineage.data_fingerprint(data)
     assert logged.tags["geor.upstream.prepare"] == data
     assert "hf_token" not in logged.tags
     assert "hf_should_never_be_logged" not in logged.tags.values()
-    assert logged.params["grpo.beta"] == str(cfg.grpo.beta)
+    # params: the config the stage reads, and its real inputs and output; nothing else
     assert logged.params["prepare.splits.train"] == "0.95"
+    assert "grpo.beta" not in logged.params and "model.name_or_path" not in logged.params
+    assert {k for k in logged.params if not k.startswith("prepare.")} == {
+        "input.data", "input.data.run_id", "input.model", "output"
+    }  # fmt: skip
+    assert logged.params["input.data"] == data and logged.params["input.model"] == "org/hub-model"
+    assert logged.params["input.data.run_id"] == "run-that-wrote-it"
+    assert logged.params["output"] == str(tmp_path / "out")
     assert not [key for key in logged.params if is_secret_key(key)]
+    # the full resolved config, secrets left out
+    config_text = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    config = yaml.safe_load(Path(config_text).read_text())
+    assert config["grpo"]["beta"] == cfg.grpo.beta and config["prepare"]["splits"] == {"train": 0.95}
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
@@ -178,7 +193,7 @@ def test_unreachable_server_fails_fast_with_its_uri(no_tracking_env):
 
 
 def test_metric_logger_logs_every_n_steps_only(cfg, client):
-    with tracking.stage_run(cfg, "sft", training=True) as run:
+    with tracking.stage_run(cfg, "sft") as run:
         logger = tracking.MetricLogger(run, every_n_steps=3)
         sent = [step for step in range(10) if logger.log(step, {"loss": 1.0 / (step + 1)})]
         assert logger.log(10, {"loss": 0.01}, force=True)
@@ -189,27 +204,48 @@ def test_metric_logger_logs_every_n_steps_only(cfg, client):
     assert sorted(m.step for m in history) == [0, 3, 6, 9, 10]
 
 
-def test_system_metrics_only_for_training_runs(cfg, client, monkeypatch):
+def test_system_metrics_come_from_the_process_that_starts_them_not_the_stage_run(cfg, client, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
-    with tracking.stage_run(cfg, "sft", training=True) as training_run:
+    with tracking.stage_run(cfg, "sft") as training_run:
+        time.sleep(0.6)
+        assert not client.get_run(training_run.info.run_id).data.metrics  # the driver logs none
+        monitor = tracking.start_system_metrics(cfg, training_run.info.run_id)  # as rank 0 does
         time.sleep(1.0)
-    with tracking.stage_run(cfg, "evaluate") as eval_run:
-        time.sleep(0.5)
-    training_metrics = client.get_run(training_run.info.run_id).data.metrics
-    assert any(key.startswith("system/") for key in training_metrics)
-    assert not client.get_run(eval_run.info.run_id).data.metrics
+        monitor.finish()
+    logged = client.get_run(training_run.info.run_id).data
+    assert any(key.startswith("system/") for key in logged.metrics)
+    assert logged.tags[tracking.SYSTEM_METRICS_TAG].endswith(f"pid {os.getpid()}")
+    cfg.tracking.system_metrics = False
+    assert tracking.start_system_metrics(cfg, training_run.info.run_id) is None
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_log_dataset_records_source_and_fingerprint(cfg, client, tmp_path, request, where):
+def test_log_dataset_records_source_fingerprint_rows_and_schema_once_complete(
+    cfg, client, tmp_path, request, where
+):
+    import json
+
+    import pyarrow as pa
+
     data = str(tmp_path / "prepared") if where == "local" else request.getfixturevalue("s3_prefix")
-    uris.write_atomic(uris.join(data, "train", "part-0.parquet"), b"rows")
+    uris.write_atomic(uris.join(data, "data", "part-0.parquet"), b"rows")
+    schema = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("lat", pa.float64())])
     with tracking.stage_run(cfg, "sft") as run:
-        fingerprint = tracking.log_dataset(uris.join(data, "train"), "train", "training")
+        with pytest.raises(ValueError, match="complete"):  # no marker yet: its digest is not final
+            dataset_inputs.log_dataset(data, "train", "training", schema)
+        uris.write_marker(data, {"stats": {"rows_out": 7, "splits": {"train": 5, "test": 2}}})
+        fingerprint = dataset_inputs.log_dataset(data, "train", "training", schema)
     inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
     assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("train", fingerprint)]
-    assert uris.join(data, "train").removeprefix("file://") in inputs[0].dataset.source
+    assert fingerprint == lineage.data_fingerprint(data)
+    assert data.removeprefix("file://") in inputs[0].dataset.source
     assert inputs[0].tags[0].value == "training"
+    assert json.loads(inputs[0].dataset.profile) == {"num_rows": 7, "splits": {"train": 5, "test": 2}}
+    columns = json.loads(inputs[0].dataset.schema)["mlflow_colspec"]
+    assert [(c["name"], c["type"], c["required"]) for c in columns] == [
+        ("id", "string", True),
+        ("lat", "double", False),
+    ]
 
 
 def test_data_fingerprint_follows_the_marker_else_the_listing(tmp_path):
@@ -247,3 +283,14 @@ def test_code_version_env_override_and_source_hash(tmp_path, monkeypatch):
     assert after != before
     (tmp_path / "unrelated.py").write_text("B = 1\n")  # outside the project's packages
     assert lineage.source_hash(tmp_path) == after
+
+
+def test_every_run_name_with_declared_reads_logs_just_those(no_tracking_env):
+    from geor_core.config.logged_params import STAGE_READS, stage_params
+
+    cfg = load_config("test")
+    for stage, reads in STAGE_READS.items():
+        params = stage_params(cfg, stage)
+        assert params and all(key.startswith(tuple(reads.values())) for key in params), stage
+    assert stage_params(cfg, "pipeline").keys() >= {"grpo.beta", "prepare.seed", "tracking.experiment"}
+    assert stage_params(cfg, "mine-hard")["grpo.hard_radius_km"] == cfg.grpo.hard_radius_km

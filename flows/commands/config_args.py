@@ -5,15 +5,22 @@ from __future__ import annotations
 import argparse
 
 from geor_core import uris
-from geor_core.config import GeorConfig, load_config
+from geor_core.config import GeorConfig, load_config, preset_names
+from geor_core.config.loading import DEFAULT_PRESET
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = DEFAULT_PRESET) -> None:
     parser.add_argument(
-        "--config", default=None, help="preset name (tiny, test, qwen2.5-vl-7b, ...) or YAML path"
+        "--config",
+        default=None,
+        metavar="PRESET_OR_YAML",
+        help=f"a preset ({', '.join(preset_names())}) or a YAML file; default: {default_preset}",
     )
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. grpo.beta=0.02"
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted config overrides, e.g. grpo.beta=0.02 (every key: docs/configuration.md)",
     )
 
 
@@ -39,3 +46,13 @@ def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = No
         if value is not None and value is not False:
             values[key] = local_paths_absolute(key, value)
     return load_config(args.config, args.overrides, values)
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` for the commands that keep a full log under their output (geor_core/console.py)."""
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show everything on the console (Ray, its workers, the libraries); "
+        "the full log is always written under OUTPUT/logs/",
+    )

@@ -6,7 +6,8 @@ set, runs the whole pipeline on local Ray, and prints the comparison table and t
 The server is left running for browsing; its pid is in ``<output>/mlflow/server.pid``, and a
 later demo reuses only that server: a port held by anything else is refused, naming its holder.
 The output is claimed first (geor_core/ownership.py): a non-empty folder geor did not write is
-refused.
+refused. The console shows stage lines, progress bars and compact metric lines; everything is in
+``<output>/logs/geor-demo-<time>.log``, and ``--verbose`` shows it all (geor_core/console.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import psutil
 
-from flows.commands.config_args import add_config_arguments
+from flows.commands.config_args import add_config_arguments, add_verbose_argument
+from geor_core.config import load_config
+from geor_core.console import console_log
 from geor_core.errors import UserFacingError
 from geor_core.ownership import claim_output
 from geor_core.registry.stage_state import RECORDS_DIR
@@ -33,12 +36,19 @@ DEMO_LEFT_BEHIND = ("mlflow/server.pid", f"tiny-model/{MARKER_NAME}", f"{RECORDS
 MLFLOW_PORT = 5000
 
 
+EXAMPLES = """examples:
+  geor demo
+  geor demo --config tiny --output runs/demo-tiny
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="runs/demo", help="where everything goes (default runs/demo)")
     parser.add_argument(
         "--mlflow-port", type=int, default=MLFLOW_PORT, help="port of the local MLflow server"
     )
-    add_config_arguments(parser)
+    add_verbose_argument(parser)
+    add_config_arguments(parser, default_preset=DEFAULT_PRESET)
 
 
 def _healthy(uri: str) -> bool:
@@ -113,11 +123,16 @@ def start_mlflow(folder: Path, port: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.cli import main
-
     root = Path(args.output).resolve()
     # first: the root is the demo's (an older geor's demo root is known by what it left there)
     claim_output(str(root), "demo", legacy=DEMO_LEFT_BEHIND)
+    with console_log(root, "demo", verbose=args.verbose):
+        return _demo(args, root)
+
+
+def _demo(args: argparse.Namespace, root: Path) -> int:
+    from flows.cli import main
+
     preset = args.config or DEFAULT_PRESET
     started = time.monotonic()
     if not os.environ.get("MLFLOW_TRACKING_URI"):
@@ -133,6 +148,20 @@ def run(args: argparse.Namespace) -> int:
         if code:
             return code
     print(f"\ngeor demo: done in {time.monotonic() - started:.0f} s")
+    print(_champion_line(load_config(preset, list(args.overrides)).registry.model_name))
     uri = redact_uri(os.environ["MLFLOW_TRACKING_URI"])
-    print(f"MLflow: {uri}  (experiment 'geo-r'; registered model 'geo-r')")
+    print(f"MLflow: {uri}  (experiment 'geo-r'; registered model 'geo-r'; a tour: docs/mlflow.md)")
     return 0
+
+
+def _champion_line(name: str) -> str:
+    """The registered model's champion now and why it became champion (this run's or an earlier one's)."""
+    from geor_core.registry import registry
+
+    current = registry.champion(registry.client(os.environ["MLFLOW_TRACKING_URI"]), name)
+    if current is None:
+        return f"champion: {name} has none"
+    made = current.lineage.get("candidate", "model")
+    return (
+        f"champion: {name} v{current.version} ({made}): {current.tags.get(registry.PROMOTED_REASON_TAG, '')}"
+    )

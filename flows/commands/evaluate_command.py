@@ -18,6 +18,12 @@ from geor_core.scoring.published import BENCHMARKS
 FLAG_KEYS = {"data": "data.dataset"}
 
 
+EXAMPLES = """examples:
+  geor evaluate --data runs/prepared --model sft=runs/sft/model --model runs/grpo/model --output runs/eval
+  geor evaluate --data runs/prepared --model models:/geo-r@champion --output runs/eval-val eval.splits=[val]
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", help="a `geor prepare` output (local or s3://); eval.splits picks the splits"

@@ -11,6 +11,11 @@ import argparse
 
 from flows.commands.training_arguments import add_training_arguments, run_training_command
 
+EXAMPLES = """examples:
+  geor grpo --data runs/hard --model runs/sft/model --output runs/grpo
+  geor grpo --data runs/hard --model runs/sft/model --output runs/grpo-b grpo.beta=0.02
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(

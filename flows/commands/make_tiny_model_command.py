@@ -24,6 +24,11 @@ from geor_core.ownership import claim_output
 MARKER_KIND = "geor-tiny-model"
 
 
+EXAMPLES = """examples:
+  geor make-tiny-model --output runs/tiny-model
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", required=True, help="local directory or s3:// prefix to write the model to"

@@ -17,6 +17,11 @@ from flows.commands.config_args import add_config_arguments, config_from_args
 from geor_core.data.world import WorldSpec, build_world
 from geor_core.errors import UserFacingError
 
+EXAMPLES = """examples:
+  geor make-world --output runs/world
+  geor make-world --output runs/world-small --rows 600 --countries 4
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

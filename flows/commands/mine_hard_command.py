@@ -14,6 +14,11 @@ from flows.commands.config_args import add_config_arguments, config_from_args, l
 FLAG_KEYS = {"data": "data.dataset", "model": "model.name_or_path", "radius_km": "grpo.hard_radius_km"}
 
 
+EXAMPLES = """examples:
+  geor mine-hard --data runs/prepared --model runs/sft/model --output runs/hard --radius-km 200
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="a `geor prepare` output whose train split is mined (local or s3://)")
     parser.add_argument(

@@ -47,6 +47,12 @@ LIST_COLUMNS = (
 )
 
 
+EXAMPLES = """examples:
+  geor models list
+  geor models promote 3 --reason "better on the new benchmark"
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="registered versions, newest first, with scores and lineage")

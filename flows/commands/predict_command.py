@@ -17,6 +17,11 @@ from flows.commands.config_args import add_config_arguments, config_from_args, l
 FLAG_KEYS = {"model": "model.name_or_path"}
 
 
+EXAMPLES = """examples:
+  geor predict --model models:/geo-r@champion --images photos/ --output runs/predictions
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="local dir, s3://, hub id or models:/NAME@ALIAS")
     parser.add_argument("--images", help="a folder of photos or a manifest file (local or s3://)")

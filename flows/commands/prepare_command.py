@@ -27,6 +27,12 @@ FLAG_KEYS = {
 }
 
 
+EXAMPLES = """examples:
+  geor prepare --manifest runs/world/manifest.csv --output runs/prepared
+  geor prepare --manifest s3://bucket/photos.parquet --output s3://bucket/prepared --check-images
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", help="CSV / Parquet / JSONL file, or a folder or s3:// prefix of them")
     parser.add_argument("--output", help="local folder or s3:// prefix for data/, rejects/, stats.json")

@@ -15,6 +15,11 @@ from flows.commands.config_args import add_config_arguments, config_from_args, l
 FLAG_KEYS = {"manifest": "prepare.manifest", "min_new_rows": "retrain.min_new_rows", "output": "storage.root"}
 
 
+EXAMPLES = """examples:
+  geor retrain --manifest s3://bucket/photos.csv --output s3://bucket/retrain
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manifest", help="photos with GPS, old and new (CSV / Parquet / JSONL, local or s3://)"

@@ -25,6 +25,12 @@ from geor_core.scoring.scoring import format_table, score_files
 EXIT_MALFORMED_ROWS = 3
 
 
+EXAMPLES = """examples:
+  geor score --predictions predictions.csv --truth truth.csv
+  geor score --predictions predictions.parquet --truth truth.csv --text-col completion --json score.json
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--predictions", required=True, help="predictions table (CSV/Parquet, local or s3://)"

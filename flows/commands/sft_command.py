@@ -11,6 +11,11 @@ import argparse
 
 from flows.commands.training_arguments import add_training_arguments, run_training_command
 
+EXAMPLES = """examples:
+  geor sft --data runs/prepared --model runs/tiny-model --output runs/sft
+  geor sft --config qwen2.5-vl-7b --data s3://bucket/prepared --output s3://bucket/sft
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(

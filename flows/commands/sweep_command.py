@@ -38,6 +38,12 @@ if TYPE_CHECKING:
 INTERRUPTED_EXIT = 130
 
 
+EXAMPLES = """examples:
+  geor sweep --data runs/hard --model runs/sft/model --output runs/sweep --space grpo
+  geor sweep --data runs/hard --model runs/sft/model --output runs/sweep-opt --space grpo sweep.search=optuna
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="a `geor prepare` (or `geor mine-hard`) output, local or s3://")
     parser.add_argument(

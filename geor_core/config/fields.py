@@ -1,6 +1,8 @@
 """How a config key is declared (default, allowed choices or range, doc) and the error a bad value
-raises. The metadata these helpers attach is what ``validation`` checks, so the schema documents
-itself: every range and choice sits next to its field in ``sections``."""
+raises. The metadata these helpers attach is what ``validation`` checks and what ``reference``
+renders into docs/configuration.md, so the schema documents itself: every range, choice and doc
+text sits next to its field in ``sections``. Every key is declared with one of these helpers and a
+``doc`` (a test holds it)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,10 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or outside what is allowed."""
+
+
+def _plain(default: Any, doc: str = "") -> Any:
+    return field(default=default, metadata={"doc": doc})
 
 
 def _choice(default: Any, *allowed: Any, doc: str = "") -> Any:

@@ -4,6 +4,7 @@ overrides (values parsed as YAML) <- already-typed values from CLI flags."""
 
 from __future__ import annotations
 
+import difflib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,10 @@ def _read_source(source: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     else:
         candidate = resources.files("configs") / f"{source}.yaml"
         if not candidate.is_file():
+            close = difflib.get_close_matches(source, preset_names(), n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(
-                f"unknown preset {source!r}; presets: {', '.join(preset_names())} (or a YAML path)"
+                f"unknown preset {source!r}; {hint}presets: {', '.join(preset_names())} (or a YAML path)"
             )
         text = candidate.read_text()
     data = load_yaml(text, f"config {source!r}") or {}

@@ -11,75 +11,89 @@ from typing import Any
 
 import yaml
 
-from geor_core.config.fields import _choice, _dict, _list, _range
+from geor_core.config.fields import _choice, _dict, _list, _plain, _range
 
 
 @dataclass
 class DataConfig:
     """Where the prepared training data lives, and the synthetic world the demo trains on."""
 
-    dataset: str = ""  # URI of a `geor prepare` output (train/val/test splits)
-    world_rows: int = _range(6000, 1)
-    world_countries: int = _range(12, 1, 60)
-    world_image_size: int = _range(56, 28)
-    world_seed: int = 0
-    # share of world photos made ambiguous (half lose the position marker, half get a faint state
-    # texture), so the best guess is not the one exact answer: where GRPO's distance reward has an edge
-    world_ambiguous_share: float = _range(0.0, 0.0, 1.0)
+    dataset: str = _plain("", "URI of a `geor prepare` output (train/val/test splits); `--data`")
+    world_rows: int = _range(6000, 1, doc="`geor make-world`: number of photos; `--rows`")
+    world_countries: int = _range(12, 1, 60, doc="`geor make-world`: number of countries; `--countries`")
+    world_image_size: int = _range(56, 28, doc="`geor make-world`: side of each square photo, in pixels")
+    world_seed: int = _plain(0, "`geor make-world`: seed of the places, photos and ids; `--seed`")
+    world_ambiguous_share: float = _range(
+        0.0,
+        0.0,
+        1.0,
+        doc="share of world photos made ambiguous (half lose the position marker, half get a faint state "
+        "texture), so the best guess is not the one exact answer: where GRPO's distance reward has an edge",
+    )
 
 
 @dataclass
 class PrepareConfig:
     """`geor prepare`: manifest in, Chain-of-Region rows out."""
 
-    manifest: str = ""
-    output: str = ""
-    id_col: str = "id"  # empty or absent column: the image reference is the id
-    image_col: str = "image"
-    lat_col: str = "lat"
-    lon_col: str = "lon"
-    images_root: str = ""  # default: the manifest's folder
-    # local image references must lie (after symlinks) inside the manifest's folder or images_root;
-    # `geor predict` applies the same rule and schemes to its photo manifests and folders
+    manifest: str = _plain(
+        "", "CSV / Parquet / JSONL file, or a folder or s3:// prefix of them; `--manifest`"
+    )
+    output: str = _plain("", "where data/, rejects/ and stats.json go (local or s3://); `--output`")
+    id_col: str = _plain("id", "id column; empty or absent: the image reference is the id")
+    image_col: str = _plain("image", "image reference column (a path or URI)")
+    lat_col: str = _plain("lat", "latitude column (degrees)")
+    lon_col: str = _plain("lon", "longitude column (degrees)")
+    images_root: str = _plain(
+        "",
+        "base of relative image references; default: the manifest's folder. Local references must lie "
+        "(after symlinks) inside it or the manifest's folder, in `geor predict` too",
+    )
     allowed_schemes: list = _list(
         ["file", "s3"],
         "URI schemes image references may use (file: local paths); list http, https for web images",
     )
-    check_images: bool = False
-    seed: int = 0
+    check_images: bool = _plain(False, "open every image; reject missing, unreadable and undecodable ones")
+    seed: int = _plain(0, "seed of the split of each row (a keyed hash of its id) and of the target phrasing")
     splits: dict = _dict({"train": 0.9, "val": 0.05, "test": 0.05}, "split name -> share, sums to 1")
     holdout_countries: list = _list([], "ISO alpha-2 codes sent whole to the test split")
-    dedupe: bool = True
-    batch_size: int = _range(100_000, 1)
-    cpus_per_task: float = _range(1.0, 0.05)
+    dedupe: bool = _plain(True, "reject rows whose id repeats an earlier row's (manifest order)")
+    batch_size: int = _range(100_000, 1, doc="manifest rows read per batch")
+    cpus_per_task: float = _range(1.0, 0.05, doc="CPUs each Ray Data task (or actor) reserves")
     compute: str = _choice("tasks", "tasks", "actors", doc="the transform: fused tasks or an actor pool")
-    overwrite: bool = False
+    overwrite: bool = _plain(False, "replace a complete output made from other inputs")
 
 
 @dataclass
 class LoraConfig:
     """Optional PEFT LoRA adapters, used by SFT and GRPO alike."""
 
-    enabled: bool = False
-    r: int = _range(16, 1)
-    alpha: int = _range(32, 1)
-    dropout: float = _range(0.05, 0.0, 1.0)
-    target_modules: list = _list(["q_proj", "k_proj", "v_proj", "o_proj"])
+    enabled: bool = _plain(False, "train LoRA adapters instead of every weight; the export is merged")
+    r: int = _range(16, 1, doc="rank of the adapters")
+    alpha: int = _range(32, 1, doc="scaling of the adapters (alpha / r)")
+    dropout: float = _range(0.05, 0.0, 1.0, doc="dropout on the adapters' input")
+    target_modules: list = _list(
+        ["q_proj", "k_proj", "v_proj", "o_proj"], "names of the modules that get adapters"
+    )
 
 
 @dataclass
 class ModelConfig:
     """Which vision-language model, and how it is loaded."""
 
-    name_or_path: str = ""  # hub id, local dir, s3:// prefix, or models:/NAME@ALIAS
+    name_or_path: str = _plain("", "hub id, local dir, s3:// prefix or models:/NAME@ALIAS; `--model`")
     dtype: str = _choice(
         "auto", "auto", "float32", "bfloat16", "float16", doc="auto: fp32 on CPU, bf16 on GPU"
     )
-    device: str = _choice("auto", "auto", "cpu", "cuda")
-    trust_remote_code: bool = False
-    attn_implementation: str = _choice("sdpa", "sdpa", "eager", "flash_attention_2")
-    min_pixels: int = _range(28 * 28, 1)
-    max_pixels: int = _range(448 * 448, 1)
+    device: str = _choice("auto", "auto", "cpu", "cuda", doc="auto: cuda when a GPU is visible, else cpu")
+    trust_remote_code: bool = _plain(False, "let Transformers run code shipped with the model")
+    attn_implementation: str = _choice(
+        "sdpa", "sdpa", "eager", "flash_attention_2", doc="attention kernel (flash_attention_2: flash-attn)"
+    )
+    min_pixels: int = _range(28 * 28, 1, doc="photos smaller than this (pixels) are scaled up")
+    max_pixels: int = _range(
+        448 * 448, 1, doc="photos larger than this (pixels) are scaled down; 28 x 28 px per image token"
+    )
     max_image_pixels: int = _range(
         40_000_000,
         1,
@@ -87,7 +101,7 @@ class ModelConfig:
         doc="photos declaring more pixels (width x height) are refused per row before decoding; "
         "at most Pillow's own hard limit",
     )
-    cache_dir: str = ""  # where s3:// models are copied; default ~/.cache/geor/models
+    cache_dir: str = _plain("", "where s3:// models are copied; default ~/.cache/geor/models")
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -95,152 +109,192 @@ class ModelConfig:
 class TrainingConfig:
     """What SFT and GRPO share: workers, DeepSpeed, optimisation, checkpoints."""
 
-    num_workers: int = _range(1, 1)
-    use_gpu: bool = False
-    cpus_per_worker: float = _range(1.0, 0.05)
-    zero_stage: int = _choice(2, 0, 2, 3)
-    learning_rate: float = _range(1e-5, 0.0)
-    weight_decay: float = _range(0.0, 0.0)
-    warmup_ratio: float = _range(0.0, 0.0, 1.0)
-    lr_scheduler_type: str = _choice("cosine", "constant", "linear", "cosine", "constant_with_warmup")
-    per_device_batch_size: int = _range(8, 1)
-    gradient_accumulation_steps: int = _range(1, 1)
+    num_workers: int = _range(1, 1, doc="Ray Train workers (data-parallel ranks)")
+    use_gpu: bool = _plain(False, "one GPU per worker; false: train on CPUs")
+    cpus_per_worker: float = _range(1.0, 0.05, doc="CPUs each worker reserves")
+    zero_stage: int = _choice(
+        2, 0, 2, 3, doc="DeepSpeed ZeRO: 0 off, 2 shards optimizer state and gradients, 3 also weights"
+    )
+    learning_rate: float = _range(1e-5, 0.0, doc="AdamW's peak learning rate")
+    weight_decay: float = _range(0.0, 0.0, doc="AdamW's weight decay")
+    warmup_ratio: float = _range(0.0, 0.0, 1.0, doc="share of the steps that warm the learning rate up")
+    lr_scheduler_type: str = _choice(
+        "cosine", "constant", "linear", "cosine", "constant_with_warmup", doc="learning-rate schedule"
+    )
+    per_device_batch_size: int = _range(8, 1, doc="rows per worker per micro-step")
+    gradient_accumulation_steps: int = _range(1, 1, doc="micro-steps per optimizer step")
     global_batch_size: int = _range(0, 0, doc="0: per_device_batch_size x num_workers x accumulation")
-    num_epochs: float = _range(1.0, 0.0)
+    num_epochs: float = _range(1.0, 0.0, doc="passes over the train split when max_steps is -1")
     max_steps: int = _range(-1, -1, doc="-1: run num_epochs")
-    logging_steps: int = _range(10, 1)
-    eval_steps: int = _range(100, 1)
-    save_steps: int = _range(100, 1)
-    save_total_limit: int = _range(2, 1)
-    max_failures: int = _range(2, 0)
-    seed: int = 0
-    output: str = ""
-    resume: bool = True
+    logging_steps: int = _range(10, 1, doc="loss and metrics logged every this many steps")
+    eval_steps: int = _range(100, 1, doc="validation every this many steps")
+    save_steps: int = _range(100, 1, doc="a checkpoint every this many steps; a multiple of eval_steps")
+    save_total_limit: int = _range(2, 1, doc="checkpoints kept, the best by their validation score")
+    max_failures: int = _range(2, 0, doc="restarts from the last checkpoint after a worker dies")
+    seed: int = _plain(0, "seed of the weights' initialisation, the data order and sampling")
+    output: str = _plain(
+        "", "checkpoints go to `<output>/ray`, the Hugging Face export to `<output>/model`; `--output`"
+    )
 
 
 @dataclass
 class SftConfig(TrainingConfig):
     """Supervised fine-tuning on Chain-of-Region targets (paper: AdamW, lr 1e-5, batch 64, 1 epoch)."""
 
-    max_length: int = _range(1024, 16)
-    val_rows: int = _range(256, 0)
+    val_rows: int = _range(256, 0, doc="validation rows (the first of the val split) scored by eval_loss")
 
 
 @dataclass
 class GrpoConfig(TrainingConfig):
     """GRPO with Haversine rewards (the authors' settings: G=4, beta=0.04, lr 1e-6, T=0.9)."""
 
-    learning_rate: float = _range(1e-6, 0.0)
-    per_device_batch_size: int = _range(4, 1)
-    num_generations: int = _range(4, 2)
-    temperature: float = _range(0.9, 0.0)
-    top_p: float = _range(1.0, 0.0, 1.0)
+    learning_rate: float = _range(1e-6, 0.0, doc="AdamW's peak learning rate")
+    per_device_batch_size: int = _range(4, 1, doc="completions per worker per micro-step")
+    num_generations: int = _range(4, 2, doc="completions sampled per prompt (the group G)")
+    temperature: float = _range(0.9, 0.0, doc="sampling temperature of the completions")
+    top_p: float = _range(1.0, 0.0, 1.0, doc="nucleus sampling of the completions (1: off)")
     beta: float = _range(0.04, 0.0, doc="KL coefficient; 0 loads no reference model")
-    epsilon: float = _range(0.2, 0.0, 1.0)
-    loss_type: str = _choice("grpo", "grpo", "bnpo", "dr_grpo", "dapo")
-    max_prompt_length: int = _range(512, 16)
-    max_completion_length: int = _range(256, 8)
-    use_vllm: bool = False
-    hard_radius_km: float = _range(200.0, 0.0)
-    reward_actors: int = _range(1, 1)
-    reward_actor_cpus: float = _range(0.25, 0.01)
+    epsilon: float = _range(0.2, 0.0, 1.0, doc="clip range of the policy ratio")
+    loss_type: str = _choice(
+        "grpo", "grpo", "bnpo", "dr_grpo", "dapo", doc="TRL's normalisation of the GRPO loss"
+    )
+    max_completion_length: int = _range(256, 8, doc="most tokens generated per completion")
+    use_vllm: bool = _plain(False, "generate with vLLM (needs the vllm package and GPUs)")
+    hard_radius_km: float = _range(
+        200.0, 0.0, doc="`geor mine-hard` keeps training rows predicted farther than this; `--radius-km`"
+    )
+    reward_actors: int = _range(1, 1, doc="Ray actors that score completions, per worker")
+    reward_actor_cpus: float = _range(0.25, 0.01, doc="CPUs each reward actor reserves")
     reward_timeout_s: float = _range(
         120.0, 1.0, doc="a reward chunk unanswered this long: its actor is killed, the chunk resubmitted"
     )
-    val_rows: int = _range(64, 0)
+    val_rows: int = _range(
+        64,
+        0,
+        doc="validation rows (the first of the val split) scored by eval_reward, which ranks checkpoints",
+    )
 
 
 @dataclass
 class RewardConfig:
     """How a completion is scored (docs/design.md, Rewards). The paper: distance x format."""
 
-    mode: str = _choice("product", "product", "weighted_sum")
-    distance_shape: str = _choice("piecewise", "piecewise", "exp")
-    tau_km: float = _range(500.0, 1e-6)
-    w_distance: float = _range(0.6, 0.0)
-    w_format: float = _range(0.1, 0.0)
-    w_chain: float = _range(0.0, 0.0)
-    w_region: float = _range(0.3, 0.0)
-    region_source: str = _choice("text", "point", "text")
-    w_country: float = _range(0.5, 0.0)
-    w_state: float = _range(0.3, 0.0)
-    w_city: float = _range(0.2, 0.0)
+    mode: str = _choice(
+        "product",
+        "product",
+        "weighted_sum",
+        doc="product: distance x format; weighted_sum: sum of w_* x reward",
+    )
+    distance_shape: str = _choice(
+        "piecewise",
+        "piecewise",
+        "exp",
+        doc="piecewise: 1 at 0 km, 0.5 at 750, 0.2 at 2500, 0 from 20000; exp: exp(-km / tau_km)",
+    )
+    tau_km: float = _range(500.0, 1e-6, doc="the exp shape's distance scale, km")
+    w_distance: float = _range(0.6, 0.0, doc="weighted_sum: weight of the distance reward")
+    w_format: float = _range(0.1, 0.0, doc="weighted_sum: weight of format (one in-range coordinate pair)")
+    w_chain: float = _range(
+        0.0, 0.0, doc="weighted_sum: weight of chain (Country, State, City, Coordinates, once, in order)"
+    )
+    w_region: float = _range(0.3, 0.0, doc="weighted_sum: weight of region (w_country + w_state + w_city)")
+    region_source: str = _choice(
+        "text", "point", "text", doc="region of the answer: the levels it names, or the predicted point's"
+    )
+    w_country: float = _range(0.5, 0.0, doc="region credit for the right country")
+    w_state: float = _range(0.3, 0.0, doc="region credit for the right state or province (and country)")
+    w_city: float = _range(0.2, 0.0, doc="region credit for the right city (and country)")
 
 
 @dataclass
 class EvalConfig:
     """Batch inference, evaluation and prediction."""
 
-    splits: list = _list(["test"])
-    batch_size: int = _range(16, 1)
-    num_actors: int = _range(1, 1)
-    cpus_per_actor: float = _range(0.5, 0.01)
-    gpus_per_actor: float = _range(0.0, 0.0)
-    do_sample: bool = False
-    temperature: float = _range(1.0, 0.0)
-    top_p: float = _range(1.0, 0.0, 1.0)
-    max_new_tokens: int = _range(256, 1)
-    rows_per_shard: int = _range(2048, 1)
+    splits: list = _list(["test"], "the prepared splits `geor evaluate` scores, in order")
+    batch_size: int = _range(16, 1, doc="photos per generate call")
+    num_actors: int = _range(1, 1, doc="inference actors, each holding the model")
+    cpus_per_actor: float = _range(0.5, 0.01, doc="CPUs each inference actor reserves")
+    gpus_per_actor: float = _range(0.0, 0.0, doc="GPUs each inference actor reserves; 0: CPU")
+    do_sample: bool = _plain(False, "sample answers; false: greedy")
+    temperature: float = _range(1.0, 0.0, doc="sampling temperature when do_sample")
+    top_p: float = _range(1.0, 0.0, 1.0, doc="nucleus sampling when do_sample")
+    max_new_tokens: int = _range(256, 1, doc="most tokens generated per answer")
+    rows_per_shard: int = _range(
+        2048, 1, doc="photos per predictions shard (a re-run redoes unfinished shards)"
+    )
     max_rows: int = _range(0, 0, doc="0: all rows")
-    worst_n: int = _range(20, 0)
-    top_countries: int = _range(15, 1)
-    # `geor evaluate`'s sampled_reward: mean combined reward sampled at grpo.temperature/top_p, first N rows
-    sampled_rows: int = _range(0, 0, doc="0: off")
-    sampled_per_row: int = _range(4, 1)
+    worst_n: int = _range(20, 0, doc="worst predictions listed in the report")
+    top_countries: int = _range(15, 1, doc="countries in the report's per-country table")
+    sampled_rows: int = _range(
+        0,
+        0,
+        doc="rows of `geor evaluate`'s sampled_reward (mean combined reward sampled at grpo.temperature "
+        "and grpo.top_p, first N rows); 0: off",
+    )
+    sampled_per_row: int = _range(4, 1, doc="completions sampled per row for sampled_reward")
 
 
 @dataclass
 class SweepConfig:
     """Ray Tune sweeps over GRPO and reward settings (`geor sweep`)."""
 
-    space: str = ""  # the search space: a YAML path or a shipped name (configs/spaces/<name>.yaml)
-    output: str = ""  # where trials, Tune's state and best_config.yaml go (local or s3://)
+    space: str = _plain("", "the search space: a YAML path or a shipped name (configs/spaces); `--space`")
+    output: str = _plain("", "where trials, Tune's state and best_config.yaml go (local or s3://)")
     num_samples: int = _range(4, 1, doc="trials drawn (random, optuna); under grid: repeats of the grid")
-    max_concurrent: int = _range(2, 1)
-    scheduler: str = _choice("asha", "asha", "fifo")
-    search: str = _choice("random", "random", "grid", "optuna")
-    seed: int = 0  # of the random and optuna searchers
-    metric: str = "val_geoscore"  # a validation objective (geor_core.training.sweep_space.OBJECTIVES)
-    mode: str = _choice("max", "max", "min")
+    max_concurrent: int = _range(2, 1, doc="trials running at once")
+    scheduler: str = _choice(
+        "asha", "asha", "fifo", doc="asha stops poor trials early; fifo runs every trial"
+    )
+    search: str = _choice("random", "random", "grid", "optuna", doc="how trials are drawn from the space")
+    seed: int = _plain(0, "seed of the random and optuna searchers")
+    metric: str = _plain("val_geoscore", "validation objective (geor_core.training.sweep_space.OBJECTIVES)")
+    mode: str = _choice("max", "max", "min", doc="whether the objective is maximised or minimised")
     grace_period: int = _range(1, 1, doc="ASHA: validations a trial always gets before it can be stopped")
     reduction_factor: int = _range(2, 2, doc="ASHA: keep the best 1/reduction_factor at each rung")
-    # each trial's driver (the Tune function that launches the GRPO TorchTrainer and waits for it);
-    # its Train workers and reward actors hold their own CPUs (grpo.cpus_per_worker, grpo.reward_actor_cpus)
-    cpus_per_trial: float = _range(0.05, 0.01)
-    keep_checkpoints: bool = False
+    cpus_per_trial: float = _range(
+        0.05,
+        0.01,
+        doc="CPUs of each trial's driver; its Train workers and reward actors hold their own "
+        "(grpo.cpus_per_worker, grpo.reward_actor_cpus)",
+    )
+    keep_checkpoints: bool = _plain(False, "keep every trial's checkpoints and export, not just the best's")
 
 
 @dataclass
 class TrackingConfig:
     """MLflow. Empty uri: the MLFLOW_TRACKING_URI environment variable, else no tracking."""
 
-    uri: str = ""
-    experiment: str = "geo-r"
-    parent_run_id: str = ""  # set by flows; also read from GEOR_PARENT_RUN_ID
-    log_every_n_steps: int = _range(10, 1)
-    system_metrics: bool = True
+    uri: str = _plain("", "MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else no tracking")
+    experiment: str = _plain("geo-r", "MLflow experiment of every run")
+    parent_run_id: str = _plain(
+        "", "the flow's parent run, set by pipeline and retrain; also read from GEOR_PARENT_RUN_ID"
+    )
+    log_every_n_steps: int = _range(10, 1, doc="training metrics sent to MLflow every this many steps")
+    system_metrics: bool = _plain(True, "log CPU, memory and GPU use of training's rank 0")
 
 
 @dataclass
 class StorageConfig:
     """Where stages write when no explicit output is given (local path or s3://)."""
 
-    root: str = "runs"
+    root: str = _plain("runs", "root of every stage's output (local or s3://); `--output` of pipeline")
 
 
 @dataclass
 class RegistryConfig:
     """The model registry and the champion gate."""
 
-    model_name: str = "geo-r"
-    metric: str = "geoscore"
-    margin: float = _range(0.0, 0.0)
-    guards: list = _list(["format_rate"])
-    tolerance: float = _range(1.0, 0.0)
-    benchmark: str = ""  # pinned benchmark split URI; default: the first run's test split
-    # the lock every champion move takes (local or s3://); default <storage.root>/registry.lock.
-    # Set it to one shared path when runs with different storage roots promote into one registry
-    lock: str = ""
+    model_name: str = _plain("geo-r", "the registered model's name in MLflow")
+    metric: str = _plain("geoscore", "evaluation metric on which a challenger must beat the champion")
+    margin: float = _range(0.0, 0.0, doc="a challenger is promoted when registry.metric gains more than this")
+    guards: list = _list(["format_rate"], "metrics a challenger may not lose more than tolerance on")
+    tolerance: float = _range(1.0, 0.0, doc="how far a challenger may fall behind on each guard")
+    benchmark: str = _plain("", "pinned benchmark split URI; default: the first run's test split")
+    lock: str = _plain(
+        "",
+        "the lock every champion move takes (local or s3://); default `<storage.root>/registry.lock`. "
+        "Set one shared path when runs with different storage roots promote into one registry",
+    )
 
 
 @dataclass
@@ -248,10 +302,10 @@ class RetrainConfig:
     """`geor retrain`: new photos in, a challenger trained from the champion, the gate decides."""
 
     min_new_rows: int = _range(1, 1, doc="fewer new manifest rows than this: nothing to do")
-    sft: bool = False  # also fine-tune the champion on the new rows before GRPO
-    lock: str = ""  # the lock's URI; default <storage.root>/retrain.lock
+    sft: bool = _plain(False, "also fine-tune the champion on the new rows before GRPO")
+    lock: str = _plain("", "the lock's URI; default `<storage.root>/retrain.lock`")
     lock_ttl_s: float = _range(120.0, 3.0, doc="a lock not renewed this long belongs to a dead retrain")
-    challenger: str = ""  # gate this model instead of training one (a model trained elsewhere)
+    challenger: str = _plain("", "gate this model instead of training one (a model trained elsewhere)")
 
 
 @dataclass

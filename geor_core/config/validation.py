@@ -1,12 +1,14 @@
 """Validation: a nested dict of sections and keys -> a ``GeorConfig``, each value checked against
 its field's type, choices and range, then the rules that tie keys together (split shares, batch
-sizes, dtype on CPU, LoRA under ZeRO 3). Errors name the key, the bad value and what is allowed;
-numbers must be finite (``nan`` and ``.inf`` are refused by name)."""
+sizes, dtype on CPU, LoRA under ZeRO 3). Errors name the key, the bad value and what is allowed
+(an unknown key: the nearest known one, by ``difflib``); numbers must be finite (``nan`` and
+``.inf`` are refused by name)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import math
 import typing
 from typing import Any
@@ -61,16 +63,25 @@ def _coerce(path: str, value: Any, hint: Any, spec: dataclasses.Field) -> Any:
     return value
 
 
+def _unknown_key(prefix: str, key: str, allowed: list[str]) -> str:
+    """The message for an unknown key: the nearest known key when one is close, else all of them."""
+    dotted = ".".join(filter(None, [prefix, key]))
+    where = f"section {prefix!r}" if prefix else "the top level"
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        nearest = ".".join(filter(None, [prefix, close[0]]))
+        return (
+            f"unknown key {dotted!r} in {where}; did you mean {nearest!r}? (every key: docs/configuration.md)"
+        )
+    return f"unknown key {dotted!r} in {where}; allowed: {', '.join(allowed)}"
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     specs = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(specs))
     if unknown:
-        where = f"section {prefix!r}" if prefix else "the top level"
-        raise ConfigError(
-            f"unknown key {'.'.join(filter(None, [prefix, unknown[0]]))!r} in {where}; "
-            f"allowed: {', '.join(sorted(specs))}"
-        )
+        raise ConfigError(_unknown_key(prefix, str(unknown[0]), sorted(specs)))
     kwargs = {}
     for name, value in values.items():
         path = f"{prefix}.{name}" if prefix else name

@@ -52,6 +52,12 @@ def load_image(uri: str, model: ModelConfig) -> Image.Image:
         data = uris.read_bytes(uri)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"image {uri} does not exist") from exc
+    return decode_image(data, uri, model)
+
+
+def decode_image(data: bytes, uri: str, model: ModelConfig) -> Image.Image:
+    """The RGB image encoded in ``data`` under the same bounds as :func:`load_image`; ``uri`` names
+    the photo in errors (ImageTooLarge, ValueError)."""
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:

@@ -6,6 +6,10 @@ Promote when there is no champion, or when the candidate beats the champion on
 ``registry.tolerance`` behind it on any of ``registry.guards``. Both scorecards must come from the
 same benchmark rows (the caller guarantees it). Metrics are the evaluation report's: percentages
 (acc_*, *_rate), GeoScore 0..5000, kilometres (lower is better).
+
+Several candidates at once (the pipeline's SFT and SFT+GRPO models): ``best_candidate`` runs the
+same rule between them, in order, a later one taking the lead only when it would have been
+promoted over the one leading; the leader is the one compared with the champion.
 """
 
 from __future__ import annotations
@@ -47,9 +51,13 @@ def gain(name: str, candidate: float, champion: float) -> float:
 
 
 def decide(
-    candidate: dict[str, Any], champion: dict[str, Any] | None, registry: RegistryConfig
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    registry: RegistryConfig,
+    rival: str = "the champion",
 ) -> GateDecision:
-    """Apply the gate to two scorecards (``champion`` None: there is no champion yet)."""
+    """Apply the gate to two scorecards (``champion`` None: there is no champion yet); ``rival``
+    names the other scorecard in the reason."""
     metric = registry.metric
     _value(candidate, metric, "candidate")
     if champion is None:
@@ -62,7 +70,7 @@ def decide(
         if deltas[guard] < -registry.tolerance:
             return GateDecision(
                 False,
-                f"{guard} fell {-deltas[guard]:.4g} behind the champion (tolerance {registry.tolerance:g})",
+                f"{guard} fell {-deltas[guard]:.4g} behind {rival} (tolerance {registry.tolerance:g})",
                 metric,
                 candidate,
                 champion,
@@ -73,3 +81,23 @@ def decide(
         return GateDecision(True, reason, metric, candidate, champion, deltas)
     reason = f"{metric} better by {deltas[metric]:.4g}, not more than the margin {registry.margin:g}"
     return GateDecision(False, reason, metric, candidate, champion, deltas)
+
+
+def best_candidate(
+    candidates: list[tuple[str, dict[str, Any]]], registry: RegistryConfig
+) -> tuple[int, dict[int, str]]:
+    """The index of the candidate to compare with the champion, among ``(label, scorecard)`` pairs
+    in order, and for each other candidate why it is not that one."""
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    best, lost = 0, {}
+    for index in range(1, len(candidates)):
+        label, card = candidates[index]
+        leader, leader_card = candidates[best]
+        verdict = decide(card, leader_card, registry, rival=leader)
+        if verdict.promote:
+            lost[best] = f"{label} beat it: {verdict.reason}"
+            best = index
+        else:
+            lost[index] = f"did not beat {leader}: {verdict.reason}"
+    return best, lost

@@ -20,8 +20,8 @@ Registries promoted by earlier releases kept the history as one list in the regi
 event comes from a version that has no event of its own.
 
 MLflow keeps one version per alias, so there is never more than one champion, whatever crashes.
-A registered version's source is ``runs:/<run_id>/model``: the Hugging Face directory logged as
-that run's artifacts, which ``models:/NAME@champion`` downloads (geor_core.training.model_loading).
+A version's source is a training stage's logged pyfunc model (``models:/m-...``: ``register_logged_model``)
+or a Hugging Face directory logged as a run's artifacts (``runs:/<run_id>/model``: ``register``).
 """
 
 from __future__ import annotations
@@ -146,17 +146,40 @@ def get_version(mlflow_client: Any, name: str, version: str) -> Version:
         raise UserFacingError(f"model {name!r} has no version {version!r} (versions: {known})") from exc
 
 
+def _ensure_registered(mlflow_client: Any, name: str) -> None:
+    if registered_tags(mlflow_client, name) is None:
+        mlflow_client.create_registered_model(name, description="Geo-R geolocation model")
+
+
 def register(
     mlflow_client: Any, name: str, run_id: str, tags: dict[str, str], *, artifact_path: str = "model"
 ) -> Version:
     """A new version of ``name`` from the HF directory logged under ``runs:/<run_id>/<artifact_path>``."""
-    if registered_tags(mlflow_client, name) is None:
-        mlflow_client.create_registered_model(
-            name, description="Geo-R geolocation model (Hugging Face format)"
-        )
+    _ensure_registered(mlflow_client, name)
     mv = mlflow_client.create_model_version(
         name, f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags={k: str(v) for k, v in tags.items()}
     )
+    return _version(mv)
+
+
+def register_logged_model(
+    mlflow_client: Any, name: str, model_uri: str, tags: dict[str, str], description: str = ""
+) -> Version:
+    """A new version of ``name`` from a logged model (``models:/m-...``), linked to it and its run."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS as LISTED
+
+    try:
+        model = mlflow_client.get_logged_model(model_uri.removeprefix("models:/"))
+    except MlflowException as exc:
+        server = uris.redact_uri(mlflow_client.tracking_uri)
+        raise UserFacingError(f"cannot register {model_uri}: not on {server} ({exc})") from exc
+    _ensure_registered(mlflow_client, name)
+    labels = {k: str(v) for k, v in tags.items()}
+    linked = {"description": description or None, "model_id": model.model_id}
+    mv = mlflow_client.create_model_version(name, model_uri, model.source_run_id, labels, **linked)
+    listed = [*json.loads(model.tags.get(LISTED, "[]")), {"name": name, "version": str(mv.version)}]
+    mlflow_client.set_logged_model_tags(model.model_id, {LISTED: json.dumps(listed)})
     return _version(mv)
 
 

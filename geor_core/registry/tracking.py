@@ -6,7 +6,11 @@
   travels as ``cfg.tracking.parent_run_id`` or ``GEOR_PARENT_RUN_ID`` (``tracking_env`` gives the
   variables to put in a Ray runtime_env). The run ends FAILED when the body raises.
 - Every run carries ``geor.stage``, ``geor.config_hash`` and ``geor.code_version``, plus the
-  caller's ``geor.data_fingerprint`` / ``geor.upstream.*`` tags. Config values and tags whose key
+  caller's ``geor.data_fingerprint`` / ``geor.upstream.*`` tags, and the full resolved config as
+  the artifact ``config.yaml``. A stage's params are the config it reads
+  (``geor_core.config.logged_params.STAGE_READS``) plus its real inputs and output
+  (``input.model``, ``input.data``, ``output``) and the run that produced each input
+  (``input.<name>.run_id``, from the input's completion marker). Config values and tags whose key
   names a secret are never logged, and every URI in a param, tag or message is logged with its
   credentials masked (``uris.redact_uri``); only ``tracking_env`` hands on the real URI, so that
   Ray workers can connect.
@@ -15,6 +19,8 @@
   (``sqlite:///path/mlflow.db`` or an ``http://`` server).
 - ``MetricLogger`` logs every ``tracking.log_every_n_steps`` steps, asynchronously: one HTTP
   call per step costs about 0.7 s here.
+- System metrics of a training run come from its rank-0 worker (``start_system_metrics``), where
+  the accelerators are, not from the driver (on a cluster, the head node).
 """
 
 from __future__ import annotations
@@ -22,9 +28,8 @@ from __future__ import annotations
 import base64
 import functools
 import os
-import sys
+import socket
 import urllib.request
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -32,8 +37,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from geor_core import uris
 from geor_core.config import GeorConfig, flat_params, is_secret_key
+from geor_core.config.logged_params import config_yaml, stage_params
 from geor_core.errors import UserFacingError
-from geor_core.registry.lineage import CODE_VERSION_ENV, code_version, data_fingerprint
+from geor_core.registry.lineage import CODE_VERSION_ENV, code_version
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun, MlflowClient
@@ -41,6 +47,9 @@ if TYPE_CHECKING:
 PARENT_RUN_ENV = "GEOR_PARENT_RUN_ID"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+RUN_ID_KEY = uris.MARKER_RUN_ID  # in a completion marker: the MLflow run that wrote the output
+CONFIG_ARTIFACT = "config.yaml"
+SYSTEM_METRICS_TAG = "geor.system_metrics_from"
 MAX_TAG_CHARS = 5000
 ALLOW_FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
 # MLflow prints "View run ... at: <tracking URI>/..." when a run ends; off when the URI has credentials.
@@ -181,20 +190,39 @@ def _failure_tag(exc: BaseException) -> dict[str, str]:
     return {"geor.error": uris.redact_uri(f"{type(exc).__name__}: {exc}")[:MAX_TAG_CHARS]}
 
 
+def io_params(inputs: Mapping[str, str] | None, output: str | None) -> dict[str, str]:
+    """A run's real inputs and output as params: ``input.<name>`` (with ``input.<name>.run_id``
+    when the input's marker names the run that wrote it) and ``output``."""
+    params: dict[str, str] = {}
+    for name, uri in (inputs or {}).items():
+        params[f"input.{name}"] = uris.redact_uri(uri)
+        try:
+            marker = uris.read_marker(uri) if uri and not uri.startswith("models:/") else None
+        except (OSError, ValueError):  # a hub id or an unreadable folder: no producing run to name
+            marker = None
+        if marker and marker.get(RUN_ID_KEY):
+            params[f"input.{name}.run_id"] = str(marker[RUN_ID_KEY])
+    if output:
+        params["output"] = uris.redact_uri(output)
+    return params
+
+
 @contextmanager
 def stage_run(
     cfg: GeorConfig,
     stage: str,
     *,
     tags: Mapping[str, Any] | None = None,
-    training: bool = False,
+    inputs: Mapping[str, str] | None = None,
+    output: str | None = None,
     rank: int | None = None,
 ) -> Iterator[ActiveRun | None]:
     """Open the MLflow run of one stage; yields the active run, or None when not tracking.
 
-    A child of the flow's parent run when there is one. Logs the config (secrets removed) as
-    params and the lineage tags; system metrics for training runs. Ends FAILED (KILLED on
-    Ctrl-C) and re-raises when the body raises."""
+    A child of the flow's parent run when there is one. Logs as params the config the stage reads
+    (secrets removed) and its ``inputs``/``output`` (see ``io_params``), the full config as
+    ``config.yaml``, and the lineage tags. Ends FAILED (KILLED on Ctrl-C) and re-raises when the
+    body raises."""
     uri = tracking_uri(cfg)
     if not uri or current_rank(rank) != 0:
         yield None
@@ -209,10 +237,10 @@ def stage_run(
         parent_run_id=parent or None,
         nested=mlflow.active_run() is not None,
         tags=lineage_tags(cfg, stage, tags),
-        log_system_metrics=training and cfg.tracking.system_metrics,
     )
     try:
-        mlflow.log_params(flat_params(cfg))
+        mlflow.log_params({**stage_params(cfg, stage), **io_params(inputs, output)})
+        mlflow.log_text(config_yaml(cfg), CONFIG_ARTIFACT)
         yield run
     except BaseException as exc:
         try:
@@ -221,6 +249,25 @@ def stage_run(
             mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run("FINISHED")
+
+
+def start_system_metrics(cfg: GeorConfig, run_id: str | None) -> Any | None:
+    """Start MLflow's system-metrics monitor (CPU, memory, disk, network, GPU) for ``run_id`` in
+    this process: a training stage's rank-0 worker, where the accelerators are. Returns the
+    monitor (call ``finish()`` on it), or None when not tracking or ``tracking.system_metrics``
+    is off. The run's tag ``geor.system_metrics_from`` names the host and process."""
+    uri = tracking_uri(cfg)
+    if not run_id or not uri or not cfg.tracking.system_metrics:
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    client = _client(uri)
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    client.set_tag(
+        run_id, SYSTEM_METRICS_TAG, f"rank-0 training worker on {socket.gethostname()}, pid {os.getpid()}"
+    )
+    return monitor
 
 
 @contextmanager
@@ -247,6 +294,7 @@ def parent_run(cfg: GeorConfig, name: str, *, tags: Mapping[str, Any] | None = N
     )
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flat_params(cfg).items()])
+    client.log_text(run_id, config_yaml(cfg), CONFIG_ARTIFACT)
     previous = os.environ.get(PARENT_RUN_ENV)
     os.environ[PARENT_RUN_ENV] = run_id
     try:
@@ -277,26 +325,6 @@ def tracking_env(cfg: GeorConfig) -> dict[str, str]:
     if parent:
         env[PARENT_RUN_ENV] = parent
     return env
-
-
-def log_dataset(uri: str, name: str, context: str) -> str | None:
-    """Record the dataset at ``uri`` as an input of the active run (source URI + fingerprint as
-    digest; no data is read). Returns the fingerprint, or None when no run is active."""
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is None or mlflow.active_run() is None:
-        return None
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    fingerprint = data_fingerprint(uri)
-    source_uri = uri if uris.is_s3(uri) else uris.filesystem(uri)[1]
-    with warnings.catch_warnings():
-        # Local paths match the "" and "file" sources, which are the same class: not ambiguous.
-        warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
-        source = resolve_dataset_source(source_uri)
-    dataset = MetaDataset(source, name=name, digest=fingerprint)
-    mlflow.log_input(dataset, context=context)
-    return fingerprint
 
 
 class MetricLogger:

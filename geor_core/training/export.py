@@ -1,8 +1,11 @@
 """Publish a finished Hugging Face model directory to its URI, completion marker last.
 
 The export of every training stage is a plain `save_pretrained` directory (weights in
-safetensors, config, processor) that transformers loads without this package's trainers; the
-marker records where it came from so later stages and the registry can check lineage.
+safetensors, config, processor) that transformers loads without this package
+(``AutoModelForImageTextToText``; ``AutoProcessor`` with ``trust_remote_code=True`` where the
+processor carries its code: geor_core.training.image_processor). The marker records where it came
+from so later stages and the registry can check lineage; once the stage's MLflow run has logged
+the export as a model (geor_core.training.served_model), the marker also names that model.
 """
 
 from __future__ import annotations

@@ -9,11 +9,17 @@ everything the stock one does for images (image-token expansion, chat templates,
 Where torchvision is installed (GPU clusters), ``build_processor`` builds the stock processor, so
 what ``save_pretrained`` writes names the stock class and plain transformers reloads it there.
 
-Reloading a processor saved here (its ``processor_config.json`` names this class) with plain
-``transformers.AutoProcessor.from_pretrained(path)`` needs ``import geor_core.training.image_processor``
-first: importing this module registers the class with AutoProcessor. ``geor_core.training.model_loading.
-load_processor`` does that for you and also loads stock processor directories on hosts without
-torchvision.
+Elsewhere a saved processor carries its own code, the Hugging Face way for a custom processor: the
+class is registered for ``AutoProcessor`` (``register_for_auto_class``), so ``save_pretrained``
+copies this file into the directory and names it in an ``auto_map``. Plain transformers, in an
+interpreter that never imports this project, then loads it with
+``AutoProcessor.from_pretrained(path, trust_remote_code=True)``; without ``trust_remote_code`` it
+refuses with an error (or asks, at a terminal) instead of returning a bare tokenizer that would
+drop the image. This file must therefore import only transformers and the standard library.
+Within the project, importing this module registers the class, so AutoProcessor uses it (never
+the copy) for every directory that names it, with or without an ``auto_map``;
+``geor_core.training.model_loading.load_processor`` does that for you and also loads stock
+processor directories on hosts without torchvision.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
 
 
 AutoProcessor.register(_REGISTRY_KEY, ImageOnlyQwen2_5_VLProcessor, exist_ok=True)
+# save_pretrained copies this file into the directory and names the class in an auto_map
+ImageOnlyQwen2_5_VLProcessor.register_for_auto_class("AutoProcessor")
 
 
 def build_image_processor(min_pixels: int, max_pixels: int) -> Any:

@@ -9,7 +9,8 @@ The same construction runs inside each Ray Train worker (tasks/sft.py) and bare 
   ``model.max_image_pixels`` ends training with an error naming it, as a missing photo does.
   TRL sees a vision dataset (an ``image`` column), skips its own preprocessing and collates
   prompt + completion through the processor, with loss on the completion only.
-- Gradient checkpointing is off (TRL turns it on by default; 25% slower on CPU, docs/design.md).
+- Activation (gradient) checkpointing is off (TRL turns it on by default; 25% slower on CPU,
+  docs/design.md).
 - DeepSpeed from ``deepspeed_config``; fp32 on CPU, bf16 on GPU. Nothing is reported to
   MLflow by the Trainer itself (``report_to="none"``): the caller adds its own rank-0 callback.
 """
@@ -82,10 +83,10 @@ def trainer_arguments(stage: TrainingConfig, output_dir: str, *, has_eval: bool)
         bf16=stage.use_gpu,
         deepspeed=deepspeed_config(stage.zero_stage, stage.use_gpu),
         report_to="none",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # its old name, gradient_checkpointing, warns in every worker
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        disable_tqdm=True,
+        disable_tqdm=True,  # the console is train_callbacks.ConsoleCallback's: bar and compact lines
     )
 
 

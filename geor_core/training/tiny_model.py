@@ -8,6 +8,9 @@ Chain-of-Region text made from real gazetteer rows, the prompt and the chat scaf
 vocabulary fits the task. It has Qwen's special tokens and a Qwen-style chat template (no default
 system prompt: shorter prompts), set on both the tokenizer and the processor.
 
+Saved like every export: on hosts without torchvision the processor carries its own code
+(geor_core.training.image_processor), so plain transformers loads the directory.
+
 Everything is deterministic for a seed: two builds save identical files.
 """
 
