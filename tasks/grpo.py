@@ -28,9 +28,11 @@ def run_grpo(
     *,
     overwrite: bool = False,
     callbacks: list | None = None,
+    log_model: bool = True,
 ) -> TrainingResult:
     """Optimise ``model_uri`` with GRPO on the prepared rows at ``data_uri``; export to
-    ``<output_uri>/model``. ``callbacks``: extra Ray Train callbacks (a sweep trial's reporter)."""
+    ``<output_uri>/model``. ``callbacks``: extra Ray Train callbacks (a sweep trial's reporter);
+    ``log_model``: whether a tracked run logs its export as an MLflow model (not for sweep trials)."""
     return launch_training(
         cfg,
         "grpo",
@@ -42,6 +44,7 @@ def run_grpo(
         mode="max",
         overwrite=overwrite,
         callbacks=callbacks,
+        log_model=log_model,
     )
 
 

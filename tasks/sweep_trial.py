@@ -131,7 +131,10 @@ def grpo_trial(params: dict[str, Any], setup: TrialSetup) -> None:
             record["run_id"] = run_id
             _write_record(record)
             reporter = ObjectiveReporter(setup.objective, run_id, tracking_uri(cfg))
-            result = run_grpo(cfg, setup.data_uri, setup.model_uri, output, callbacks=[reporter])
+            # a trial's export is exploration, deleted unless best: not logged as an MLflow model
+            result = run_grpo(
+                cfg, setup.data_uri, setup.model_uri, output, callbacks=[reporter], log_model=False
+            )
             if result.skipped:
                 tune.report({**validation_metrics(result.metrics), "step": result.global_step})
     except Exception as exc:

@@ -160,6 +160,7 @@ def launch_training(
     mode: str,
     overwrite: bool = False,
     callbacks: list | None = None,
+    log_model: bool = True,
 ) -> TrainingResult:
     """Run ``worker_loop`` on a Ray Train TorchTrainer for ``stage`` ("sft" or "grpo"), inside the
     stage's MLflow run; skip when ``<output>/model`` is complete; resume when checkpoints exist.
@@ -168,7 +169,8 @@ def launch_training(
     The output is checked before Ray starts and claimed for the stage after the inputs are
     (geor_core/ownership.py: refused when geor did not write it, or when it is or holds the data or
     the model); ``overwrite`` then deletes only what the stage writes there (``ray/``, ``model/``).
-    ``callbacks``: extra Ray Train callbacks for the RunConfig (a sweep trial's Tune reporter)."""
+    ``callbacks``: extra Ray Train callbacks for the RunConfig (a sweep trial's Tune reporter).
+    ``log_model``: False for a sweep trial, whose export is exploration, not a candidate."""
     export_uri = uris.join(output_uri, MODEL_DIR)
     ownership = {
         "inputs": {"data": data_uri, "model": model_uri},
@@ -212,7 +214,7 @@ def launch_training(
         )
         result = trainer.fit()
         marker = uris.read_marker(export_uri) or {}
-        if run is not None and marker:  # the export as this run's MLflow model, recorded in its marker
+        if run is not None and marker and log_model:  # the export as the run's MLflow model, in its marker
             from geor_core.training.served_model import log_export
 
             marker = {**marker, **log_export(cfg, export_uri, stage)}

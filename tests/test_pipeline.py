@@ -1,6 +1,6 @@
 """`geor pipeline` end to end on the test preset, continuing the session's shared root (whose
 prepare and SFT stages the shared fixtures built through the pipeline itself), against the
-MLflow server fixture: runs, skips on a re-run, `--from grpo` (through the CLI), every trained
+MLflow server fixture: runs, skips on a re-run, `--from evaluate` (through the CLI), every trained
 model registered and the best one champion, lineage on the registered versions, and the runs as a
 reviewer reads them back through the MLflow client (params, config.yaml, metrics, system metrics,
 datasets)."""
@@ -37,7 +37,7 @@ OVERRIDES = (
 
 @pytest.fixture(scope="module")
 def pipeline_runs(shared_stages, pipeline_config, pipeline_root, mlflow_server) -> dict[str, Any]:
-    """The full pipeline, a plain re-run, then `--from grpo` through the CLI module (its output kept)."""
+    """The full pipeline, a plain re-run, then `--from evaluate` through the CLI module (its output kept)."""
     from flows.pipeline_run import run_pipeline
 
     name = f"pipeline-{uuid.uuid4().hex[:8]}"
@@ -57,12 +57,12 @@ def pipeline_runs(shared_stages, pipeline_config, pipeline_root, mlflow_server) 
         )
         printed = io.StringIO()
         argv = [
-            "--config", "test", "--from", "grpo", "--output", pipeline_root,
+            "--config", "test", "--from", "evaluate", "--output", pipeline_root,
             "--manifest", cfg.prepare.manifest, "--model", cfg.model.name_or_path, *overrides,
         ]  # fmt: skip
         with contextlib.redirect_stdout(printed):
             assert run_command(pipeline_command, argv) == 0
-        runs["from_grpo"], runs["from_grpo_printed"] = results[0], printed.getvalue()
+        runs["from_evaluate"], runs["from_evaluate_printed"] = results[0], printed.getvalue()
     return runs
 
 
@@ -91,12 +91,12 @@ def test_rerun_skips_every_stage(pipeline_runs):
     assert pipeline_runs["again"].gate is None  # nothing registered twice
 
 
-def test_from_grpo_reruns_only_the_later_stages(pipeline_runs):
-    assert statuses(pipeline_runs["from_grpo"]) == {
+def test_from_evaluate_reruns_only_the_later_stages(pipeline_runs):
+    assert statuses(pipeline_runs["from_evaluate"]) == {
         "prepare": "skipped",
         "sft": "skipped",
         "mine-hard": "skipped",
-        "grpo": "ran",
+        "grpo": "skipped",
         "evaluate": "ran",
         "register": "ran",
     }
@@ -118,10 +118,10 @@ def test_every_trained_model_is_registered_and_the_best_one_becomes_champion(pip
     assert first.stages["register"].outputs["versions"] == {"sft": "1", "grpo": "2"}
     assert first.stages["register"].outputs["champion"] == gate.version
 
-    again = pipeline_runs["from_grpo"].gate
+    again = pipeline_runs["from_evaluate"].gate
     assert [(e.label, e.version) for e in again.registered] == [("sft", "3"), ("grpo", "4")]
     assert again.champion_version == gate.version
-    printed = pipeline_runs["from_grpo_printed"]
+    printed = pipeline_runs["from_evaluate_printed"]
     assert "registered v3 (sft), v4 (grpo)" in printed and f"champion: {gate.model_name} v" in printed
     summary = json.loads(next(line for line in printed.splitlines() if line.startswith('{"root"')))
     assert summary["registered"]["versions"] == {"sft": "3", "grpo": "4"}
@@ -147,7 +147,8 @@ def test_registered_version_traces_back_to_the_manifest_and_prepared_rows(
     assert version.scorecard["benchmark"] == prepared_world and "geoscore" in version.scorecard
     assert version.lineage["candidate"] == "sft" and version.lineage["model"] == lineage["sft_model"]
     assert (
-        registry.champion(client, pipeline_runs["name"]).version == pipeline_runs["from_grpo"].gate.champion
+        registry.champion(client, pipeline_runs["name"]).version
+        == pipeline_runs["from_evaluate"].gate.champion
     )
 
     tracking = MlflowClient(mlflow_server)

@@ -196,6 +196,7 @@ def test_mlflow_has_the_sweep_with_a_child_run_per_trial(finished_sweep, mlflow_
         (stage,) = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
         assert stage.info.run_name == "grpo" and "rewards/geoscore/mean" in stage.data.metrics
         assert stage.info.status == run.info.status  # a killed trial's GRPO run is closed too
+        assert not client.get_run(stage.info.run_id).outputs.model_outputs  # exploration: no model logged
 
 
 def test_an_interrupted_sweep_on_s3_resumes_and_reports_its_failing_trial(

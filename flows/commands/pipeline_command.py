@@ -68,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pipeline(args: argparse.Namespace, cfg: GeorConfig, root: str) -> int:
-    from flows.promotion_gate import format_decision
     from geor_core.registry.tracking import tracking_uri
     from geor_core.scoring.evaluation_report import COMPARISON_COLUMNS, markdown_table
     from geor_core.uris import redact_uri
@@ -82,9 +81,7 @@ def _pipeline(args: argparse.Namespace, cfg: GeorConfig, root: str) -> int:
     if result.comparison:
         print(markdown_table(result.comparison, COMPARISON_COLUMNS))
     register = result.stages.get("register")
-    if result.gate is not None:
-        print(format_decision(result.gate))
-    elif register is not None and register.status == "ran":
+    if result.gate is None and register is not None and register.status == "ran":  # the gate printed its own
         print("registered nothing: no MLflow tracking (tracking.uri / MLFLOW_TRACKING_URI)")
     summary = {
         "root": root,
