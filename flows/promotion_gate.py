@@ -194,10 +194,8 @@ def _description(candidate: Candidate, card: dict[str, Any]) -> str:
 def _register(client: Any, name: str, candidate: Candidate, run_id: str, tags: dict[str, str]) -> str:
     """Register ``candidate``: the MLflow model its training run logged, when its export's marker
     names one; else its folder, logged under ``runs:/<register run>/models/<label>``."""
-    from geor_core.training.served_model import MODEL_URI_KEY
-
     try:
-        logged = (uris.read_marker(candidate.uri) or {}).get(MODEL_URI_KEY)
+        logged = (uris.read_marker(candidate.uri) or {}).get(uris.MARKER_MODEL_URI)
     except (OSError, ValueError):  # models:/..., a hub id: no export marker of ours
         logged = None
     description = _description(candidate, json.loads(tags[registry.SCORECARD_TAG]))

@@ -145,7 +145,7 @@ def run_mine_hard(
                 "model": model,
                 "source": data_uri,
                 "manifest": require_prepared(data_uri).get("manifest"),
-                **({tracking.RUN_ID_KEY: run.info.run_id} if run is not None else {}),
+                **({uris.MARKER_RUN_ID: run.info.run_id} if run is not None else {}),
             },
         )
         if run is not None:

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from geor_core import uris
 from geor_core.config import ModelConfig, load_config
 from geor_core.errors import UserFacingError
 from geor_core.registry import registry
@@ -53,8 +54,8 @@ def test_logged_model_registers_predicts_and_serves(logged, mlflow_server, tmp_p
     import mlflow
 
     keys, run_id = logged
-    model_uri, model_id = keys[served_model.MODEL_URI_KEY], keys[served_model.MODEL_ID_KEY]
-    assert model_uri == f"models:/{model_id}" and keys[served_model.RUN_ID_KEY] == run_id
+    model_uri, model_id = keys[uris.MARKER_MODEL_URI], keys[uris.MARKER_MODEL_ID]
+    assert model_uri == f"models:/{model_id}" and keys[uris.MARKER_RUN_ID] == run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     client = registry.client(mlflow_server)
     info = mlflow.models.get_model_info(model_uri)

@@ -84,7 +84,7 @@ def test_bad_rank_env_is_named(cfg, monkeypatch):
 def test_stage_run_logs_what_the_stage_reads_its_inputs_and_the_config_but_no_secrets(cfg, client, tmp_path):
     cfg.prepare.splits = {"train": 0.95, "aws_secret_access_key": 0.05}
     data = str(tmp_path / "prepared")
-    uris.write_marker(data, {"rows": 10, tracking.RUN_ID_KEY: "run-that-wrote-it"})
+    uris.write_marker(data, {"rows": 10, uris.MARKER_RUN_ID: "run-that-wrote-it"})
     tags = {
         "geor.data_fingerprint": lineage.data_fingerprint(data),
         "geor.upstream.prepare": data,

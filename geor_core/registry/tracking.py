@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 PARENT_RUN_ENV = "GEOR_PARENT_RUN_ID"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 PARENT_RUN_TAG = "mlflow.parentRunId"
-RUN_ID_KEY = uris.MARKER_RUN_ID  # in a completion marker: the MLflow run that wrote the output
 CONFIG_ARTIFACT = "config.yaml"
 SYSTEM_METRICS_TAG = "geor.system_metrics_from"
 MAX_TAG_CHARS = 5000
@@ -200,8 +199,8 @@ def io_params(inputs: Mapping[str, str] | None, output: str | None) -> dict[str,
             marker = uris.read_marker(uri) if uri and not uri.startswith("models:/") else None
         except (OSError, ValueError):  # a hub id or an unreadable folder: no producing run to name
             marker = None
-        if marker and marker.get(RUN_ID_KEY):
-            params[f"input.{name}.run_id"] = str(marker[RUN_ID_KEY])
+        if marker and marker.get(uris.MARKER_RUN_ID):
+            params[f"input.{name}.run_id"] = str(marker[uris.MARKER_RUN_ID])
     if output:
         params["output"] = uris.redact_uri(output)
     return params

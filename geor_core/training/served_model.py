@@ -47,8 +47,6 @@ from geor_core.config import GeorConfig, ModelConfig
 HF_ARTIFACT = "hf_model"
 IMAGE_URI, IMAGE_BYTES = "image", "image_bytes"
 OUTPUT_COLUMNS = ("country", "state", "city", "lat", "lon", "answer", "error")
-# The keys a training stage adds to its export's completion marker once the export is logged.
-MODEL_URI_KEY, MODEL_ID_KEY, RUN_ID_KEY = uris.MARKER_MODEL_URI, uris.MARKER_MODEL_ID, uris.MARKER_RUN_ID
 
 SIGNATURE = ModelSignature(
     inputs=Schema(
@@ -211,4 +209,8 @@ def log_export(cfg: GeorConfig, export_uri: str, name: str) -> dict[str, str]:
         client.log_model_artifacts(logged.model_id, str(saved))
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     mlflow.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-    return {MODEL_URI_KEY: f"models:/{logged.model_id}", MODEL_ID_KEY: logged.model_id, RUN_ID_KEY: run_id}
+    return {
+        uris.MARKER_MODEL_URI: f"models:/{logged.model_id}",
+        uris.MARKER_MODEL_ID: logged.model_id,
+        uris.MARKER_RUN_ID: run_id,
+    }
