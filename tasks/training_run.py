@@ -165,7 +165,7 @@ def launch_training(
     """Run ``worker_loop`` on a Ray Train TorchTrainer for ``stage`` ("sft" or "grpo"), inside the
     stage's MLflow run; skip when ``<output>/model`` is complete; resume when checkpoints exist.
     When tracked, the export is logged as that run's MLflow model and its marker records the model
-    (``mlflow_model_uri``, ``mlflow_model_id``, ``mlflow_run_id``: geor_core.training.served_model).
+    (``uris.MARKER_MODEL_URI``, ``MARKER_MODEL_ID``, ``MARKER_RUN_ID``; geor_core.training.served_model).
     The output is checked before Ray starts and claimed for the stage after the inputs are
     (geor_core/ownership.py: refused when geor did not write it, or when it is or holds the data or
     the model); ``overwrite`` then deletes only what the stage writes there (``ray/``, ``model/``).
