@@ -8,9 +8,14 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 .PHONY: install lint format test test-fast demo clean
 DEMO_CONFIG ?= demo
 
+# uv resolves and installs the same pins as pip in about 25 s instead of about 5 minutes. A local
+# wheel folder that pip is told about (PIP_FIND_LINKS, e.g. a CPU build of torch) is passed on.
+FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(FIND_LINKS) -e '.[test]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -1,23 +1,28 @@
-"""Batch inference on Ray Data, written shard by shard so that a killed run resumes.
+"""Batch inference on Ray Data: ONE actor pool serves every model of a run, written shard by shard
+so that a killed run resumes.
 
-The rows to geolocate (an ``id`` and an ``image`` URI each, plus whatever the caller's table
-builder needs) are cut into shards of ``eval.rows_per_shard`` rows in input order
-(geor_core.data.shards). Shards already finished by a run with the same fingerprint are skipped; the
-rest go through one Ray Data pipeline:
+A run is a list of jobs (:class:`InferenceJob`): a model, its rows (an ``id`` and an ``image`` URI
+each, plus whatever the caller's table builder needs) and how to decode (greedy, or
+``samples`` sampled draws per row). A sharded job cuts its rows into shards of
+``eval.rows_per_shard`` rows in input order (geor_core.data.shards); shards finished by a run with
+the same fingerprint are skipped. A job without a directory (the sampled reward) keeps its
+completions in memory. Every job's rows go through one Ray Data pipeline, job after job:
 
-    from_arrow(blocks of a few batches: row number + image URI)
+    from_arrow(blocks of a few batches, never two jobs in one block: job, row, draw, image URI)
       -> map_batches(Geolocator, actor pool of eval.num_actors, batch_size=eval.batch_size,
                      num_cpus=eval.cpus_per_actor, num_gpus=eval.gpus_per_actor)
       -> iter_batches on the driver (a console progress bar over the rows, with its ETA)
 
-Each ``Geolocator`` actor loads the model once and limits torch to its share of cores (fractional
-CPUs on a small machine: whole-CPU actors starve Ray Data's own tasks on 2 cores and the job
-hangs). Photos are decoded one at a time, straight down to ``model.max_pixels`` (geor_core.data.images),
-so an actor's memory does not grow with the photos' size. A photo that cannot be loaded (missing,
-undecodable, over ``model.max_image_pixels``) gets an empty completion and the reason, never a crash.
-The driver collects completions by shard; as soon as a shard has all its rows it builds the
-shard's predictions table (the caller's ``build``, Ray-free) and writes it, then the marker.
-Rows in = rows written: a lost or doubled row is an error, not a silent gap.
+So an evaluate run over three models pays one pool start (Ray Data, the actors' imports) instead
+of six (a pool per model plus a task per sampled reward). Each ``Geolocator`` actor holds one
+model at a time, loading the next when the stream reaches its rows, and limits torch to its share
+of cores (fractional CPUs on a small machine: whole-CPU actors starve Ray Data's own tasks on 2
+cores and the job hangs). Photos are decoded one at a time, straight down to ``model.max_pixels``
+(geor_core.data.images), so an actor's memory does not grow with the photos' size. A photo that
+cannot be loaded (missing, undecodable, over ``model.max_image_pixels``) gets an empty completion
+and the reason, never a crash. The driver collects completions by shard; as soon as a shard has all
+its rows it builds the shard's predictions table (the caller's ``build``, Ray-free) and writes it,
+then the marker. Rows in = rows written: a lost or doubled row is an error, not a silent gap.
 """
 
 from __future__ import annotations
@@ -37,12 +42,13 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from geor_core.config import EvalConfig, GeorConfig, ModelConfig  # noqa: E402
+from geor_core.config import EvalConfig, GeorConfig  # noqa: E402
 from geor_core.console import progress_bar  # noqa: E402
 from geor_core.data import shards  # noqa: E402
 from geor_core.errors import UserFacingError  # noqa: E402
 from geor_core.geo.prompts import INSTRUCTION  # noqa: E402
 from geor_core.registry.tracking import tracking_env  # noqa: E402
+from tasks.inference_actor import Decoding, Geolocator  # noqa: E402
 from tasks.ray_session import connect_ray  # noqa: E402
 
 MAX_BATCHES_PER_BLOCK = 8
@@ -53,17 +59,36 @@ TableBuilder = Callable[[pa.Table, list[str], list[str]], pa.Table]
 
 
 @dataclass
+class InferenceJob:
+    """One model's rows. With a ``directory``, completions are written as resumable shards through
+    ``build``; without one (a handful of sampled rows), they come back in its InferenceRun."""
+
+    source: str
+    rows: pa.Table
+    decoding: Decoding
+    directory: str | None = None
+    fingerprint: str = ""
+    build: TableBuilder | None = None
+
+
+@dataclass
 class InferenceRun:
-    """What one sharded inference did: shards skipped (finished before) and computed now."""
+    """What one job's inference did: shards skipped (finished before) and computed now.
+
+    Jobs share one pool and run one after another, so a job's ``seconds`` run from the end of the
+    previous job's rows (the pool's start for the first) to the end of its own."""
 
     shards: int
     shards_skipped: int
     shards_computed: list[int] = field(default_factory=list)
     rows: int = 0
     rows_computed: int = 0
-    seconds: float = 0.0  # the Ray Data pipeline, actor start-up included
-    first_result_seconds: float = 0.0  # until the first batch came back: start-up + one batch
+    seconds: float = 0.0  # the job's share of the pipeline; the first job's includes the start-up
+    first_result_seconds: float = 0.0  # until the job's first batch came back
     first_result_rows: int = 0
+    # in-memory jobs: draw-major (every row's draw 0, then draw 1, ...), one error per completion
+    completions: list[str] | None = field(default=None, repr=False)
+    errors: list[str] | None = field(default=None, repr=False)
 
     @property
     def rows_per_second(self) -> float | None:
@@ -71,64 +96,16 @@ class InferenceRun:
 
     @property
     def steady_rows_per_second(self) -> float | None:
-        """Rows per second once the actors are up (after the first batch came back)."""
+        """Rows per second once the job's first batch came back (the actors were up)."""
         rows, seconds = self.rows_computed - self.first_result_rows, self.seconds - self.first_result_seconds
         return rows / seconds if rows > 0 and seconds > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
+        summary = {k: v for k, v in asdict(self).items() if k not in ("completions", "errors")}
         return {
-            **asdict(self),
+            **summary,
             "rows_per_second": self.rows_per_second,
             "steady_rows_per_second": self.steady_rows_per_second,
-        }
-
-
-class Geolocator:
-    """Ray Data actor: loads the model once, then writes one completion per photo of each batch."""
-
-    def __init__(self, model: ModelConfig, settings: EvalConfig) -> None:
-        import torch
-
-        from geor_core.training.model_loading import load_model, load_processor
-
-        torch.set_num_threads(max(1, int(settings.cpus_per_actor)))
-        device = "cpu" if settings.gpus_per_actor == 0 and model.device == "auto" else None
-        self.model = load_model(model, device=device)
-        self.processor = load_processor(model)
-        self.model_config = model  # the pixel bounds each photo is decoded down to
-        self.settings = settings
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from geor_core.data.images import load_image
-        from geor_core.training.generation import generate
-
-        images, errors = [], []
-        for uri in batch["image"]:  # one photo decoded at a time, straight down to model.max_pixels
-            try:
-                images.append(load_image(str(uri), self.model_config))
-                errors.append("")
-            except Exception as exc:  # a bad photo is reported in its row, never a failed job
-                images.append(None)
-                errors.append(f"{type(exc).__name__}: {exc}"[:500])
-        loaded = [i for i, image in enumerate(images) if image is not None]
-        completions = [""] * len(images)
-        if loaded:
-            texts = generate(
-                self.model,
-                self.processor,
-                [images[i] for i in loaded],
-                max_new_tokens=self.settings.max_new_tokens,
-                do_sample=self.settings.do_sample,
-                temperature=self.settings.temperature,
-                top_p=self.settings.top_p,
-                seed=int(batch["row"][0]),  # sampling depends on the rows, not on scheduling
-            )
-            for i, text in zip(loaded, texts, strict=True):
-                completions[i] = text
-        return {
-            "row": batch["row"],
-            "completion": np.array(completions, dtype=object),
-            "inference_error": np.array(errors, dtype=object),
         }
 
 
@@ -192,111 +169,190 @@ def run_sharded_inference(
 ) -> InferenceRun:
     """Geolocate every row of ``rows`` (columns ``id``, ``image``, ...) with ``model_source``;
     write ``<directory>/part-*.parquet`` (one table row per input row) with per-shard markers.
-
-    Connects to Ray only when some shard is left to do; call it inside ``ray_scope()``."""
-    plan = shards.plan_shards(rows.column("id").to_pylist(), cfg.eval.rows_per_shard)
-    shards.remove_beyond(directory, len(plan))
-    pending = [shard for shard in plan if not shards.is_done(directory, shard, fingerprint)]
-    run = InferenceRun(shards=len(plan), shards_skipped=len(plan) - len(pending), rows=rows.num_rows)
-    if not pending:
-        return run
-    for shard in pending:
-        shards.invalidate(directory, shard)
-    connect_ray()  # the caller's ray_scope shuts down a session started here
-    check_resources(cfg.eval)
-    started = time.monotonic()
-    model = replace(cfg.model, name_or_path=model_source)
-    _infer(cfg, model, rows, directory, fingerprint, pending, build, run, started)
-    run.seconds = round(time.monotonic() - started, 3)
-    return run
+    One job of :func:`run_inference`."""
+    job = InferenceJob(model_source, rows, Decoding.of_eval(cfg.eval), directory, fingerprint, build)
+    return run_inference(cfg, [job])[0]
 
 
-def _input_blocks(rows: pa.Table, pending: list[shards.Shard], settings: EvalConfig) -> list[pa.Table]:
-    numbers = np.concatenate([np.arange(s.start, s.stop, dtype=np.int64) for s in pending])
-    table = pa.table({"row": numbers, "image": rows.column("image").take(pa.array(numbers))})
-    batches = math.ceil(len(numbers) / settings.batch_size)
-    per_block = min(MAX_BATCHES_PER_BLOCK, max(1, batches // (settings.num_actors * BLOCKS_PER_ACTOR)))
+def run_inference(cfg: GeorConfig, jobs: list[InferenceJob], label: str = "") -> list[InferenceRun]:
+    """Run every job through one actor pool (in order); one InferenceRun per job.
+
+    Connects to Ray only when something is left to do; call it inside ``ray_scope()``."""
+    plans = [_Plan.of(job, cfg.eval.rows_per_shard) for job in jobs]
+    if any(plan.inputs for plan in plans):
+        connect_ray()  # the caller's ray_scope shuts down a session started here
+        check_resources(cfg.eval)
+        _infer(cfg, plans, label or _label(jobs))
+    return [plan.run for plan in plans]
+
+
+@dataclass
+class _Plan:
+    """A job's pending work: its shards left to do (sharded) or its (row, draw) pairs (in memory)."""
+
+    job: InferenceJob
+    run: InferenceRun
+    pending: list[shards.Shard]
+    inputs: int  # (row, draw) pairs to send
+    rows_per_shard: int
+
+    @classmethod
+    def of(cls, job: InferenceJob, rows_per_shard: int) -> _Plan:
+        if job.directory is None:
+            inputs = job.rows.num_rows * job.decoding.samples
+            run = InferenceRun(shards=0, shards_skipped=0, rows=job.rows.num_rows)
+            run.completions, run.errors = [""] * inputs, [""] * inputs
+            return cls(job, run, [], inputs, rows_per_shard)
+        plan = shards.plan_shards(job.rows.column("id").to_pylist(), rows_per_shard)
+        shards.remove_beyond(job.directory, len(plan))
+        pending = [s for s in plan if not shards.is_done(job.directory, s, job.fingerprint)]
+        for shard in pending:
+            shards.invalidate(job.directory, shard)
+        run = InferenceRun(shards=len(plan), shards_skipped=len(plan) - len(pending), rows=job.rows.num_rows)
+        return cls(job, run, pending, sum(s.rows for s in pending) * job.decoding.samples, rows_per_shard)
+
+    def input_table(self, index: int) -> pa.Table:
+        """(job, row, draw, image) for every pair to send, draw-major."""
+        if self.job.directory is None:
+            numbers = np.arange(self.job.rows.num_rows, dtype=np.int64)
+        else:
+            numbers = np.concatenate([np.arange(s.start, s.stop, dtype=np.int64) for s in self.pending])
+        samples = self.job.decoding.samples
+        images = self.job.rows.column("image").take(pa.array(numbers))
+        return pa.table(
+            {
+                "job": pa.array(np.full(len(numbers) * samples, index, dtype=np.int32)),
+                "row": pa.array(np.tile(numbers, samples)),
+                "draw": pa.array(np.repeat(np.arange(samples, dtype=np.int32), len(numbers))),
+                "image": pa.concat_arrays([images.combine_chunks()] * samples),
+            }
+        )
+
+
+def _label(jobs: list[InferenceJob]) -> str:
+    directory = next((job.directory for job in jobs if job.directory), "")
+    return ["", *directory.rstrip("/").split("/")][-2]  # the model's folder (evaluate) or the stage's
+
+
+def _input_blocks(plans: list[_Plan], settings: EvalConfig) -> list[pa.Table]:
+    """Every job's pairs in blocks of a few batches, never two jobs in one block."""
+    total_batches = sum(math.ceil(plan.inputs / settings.batch_size) for plan in plans)
+    per_block = min(MAX_BATCHES_PER_BLOCK, max(1, total_batches // (settings.num_actors * BLOCKS_PER_ACTOR)))
     block_rows = per_block * settings.batch_size
-    return [table.slice(start, block_rows) for start in range(0, len(numbers), block_rows)]
+    blocks = []
+    for index, plan in enumerate(plans):
+        if plan.inputs:
+            table = plan.input_table(index)
+            blocks += [table.slice(start, block_rows) for start in range(0, table.num_rows, block_rows)]
+    return blocks
 
 
-def _infer(
-    cfg: GeorConfig,
-    model: ModelConfig,
-    rows: pa.Table,
-    directory: str,
-    fingerprint: str,
-    pending: list[shards.Shard],
-    build: TableBuilder,
-    run: InferenceRun,
-    started: float,
-) -> None:
+def _infer(cfg: GeorConfig, plans: list[_Plan], label: str) -> None:
     import ray
 
     settings = cfg.eval
-    dataset = ray.data.from_arrow(_input_blocks(rows, pending, settings))
+    started = time.monotonic()
+    dataset = ray.data.from_arrow(_input_blocks(plans, settings))
     remote_args: dict[str, Any] = {"num_gpus": settings.gpus_per_actor} if settings.gpus_per_actor else {}
-    if model.name_or_path.startswith("models:/"):  # the actors download it: they need the registry
+    if any(plan.job.source.startswith("models:/") for plan in plans):  # actors download: need the registry
         remote_args["runtime_env"] = {"env_vars": tracking_env(cfg)}
+    models = [replace(cfg.model, name_or_path=plan.job.source) for plan in plans]
     dataset = dataset.map_batches(
         Geolocator,
-        fn_constructor_kwargs={"model": model, "settings": settings},
+        fn_constructor_kwargs={
+            "models": models,
+            "decodings": [p.job.decoding for p in plans],
+            "settings": settings,
+        },
         batch_size=settings.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=settings.num_actors),
         num_cpus=settings.cpus_per_actor,
         **remote_args,
     )
-    by_index = {shard.index: shard for shard in pending}
-    completions = {i: np.full(s.rows, None, dtype=object) for i, s in by_index.items()}
-    errors = {i: np.full(s.rows, "", dtype=object) for i, s in by_index.items()}
-    remaining = {i: s.rows for i, s in by_index.items()}
-    per_shard = settings.rows_per_shard
-    label = ["", *directory.rstrip("/").split("/")][-2]  # the model's folder (evaluate) or the stage's
-    bar = progress_bar(sum(s.rows for s in pending), f"{label} inference".strip(), "row")
+    collectors = [_Collector(plan) for plan in plans]
+    bar = progress_bar(sum(plan.inputs for plan in plans), f"{label} inference".strip(), "row")
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         bar.update(len(batch["row"]))
-        if not run.first_result_rows:
-            run.first_result_seconds = round(time.monotonic() - started, 3)
-            run.first_result_rows = len(batch["row"])
+        for job in np.unique(batch["job"]):
+            members = batch["job"] == job
+            collectors[int(job)].add(
+                batch["row"][members], batch["draw"][members], batch["completion"][members],
+                batch["inference_error"][members], time.monotonic() - started,
+            )  # fmt: skip
+    bar.close()
+    previous_end = 0.0
+    for collector in collectors:
+        previous_end = collector.finish(previous_end)
+
+
+class _Collector:
+    """The driver's side of one job: completions gathered by shard (each written as soon as it is
+    whole) or by (row, draw) for an in-memory job."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan, self.job, self.run = plan, plan.job, plan.run
+        self.by_index = {shard.index: shard for shard in plan.pending}
+        self.completions = {i: np.full(s.rows, None, dtype=object) for i, s in self.by_index.items()}
+        self.errors = {i: np.full(s.rows, "", dtype=object) for i, s in self.by_index.items()}
+        self.remaining = {i: s.rows for i, s in self.by_index.items()}
+        self.received = 0
+        self.last_seconds = 0.0
+
+    def add(
+        self, rows: np.ndarray, draws: np.ndarray, texts: np.ndarray, errors: np.ndarray, at: float
+    ) -> None:
+        if not self.received:
+            self.run.first_result_seconds, self.run.first_result_rows = round(at, 3), len(rows)
+        self.received += len(rows)
+        self.last_seconds = at
+        if self.job.directory is None:
+            self._add_in_memory(rows, draws, texts, errors)
+            return
         finished = set()
-        for row, text, error in zip(batch["row"], batch["completion"], batch["inference_error"], strict=True):
+        per_shard = self.plan.rows_per_shard
+        for row, text, error in zip(rows, texts, errors, strict=True):
             index = int(row) // per_shard
-            shard = by_index.get(index)
+            shard = self.by_index.get(index)
             position = int(row) - shard.start if shard is not None else -1
-            if shard is None or completions[index][position] is not None:
+            if shard is None or self.completions[index][position] is not None:
                 raise RuntimeError(f"row {int(row)} came back from inference twice or was never sent")
-            completions[index][position] = str(text)
-            errors[index][position] = str(error)
-            remaining[index] -= 1
-            if remaining[index] == 0:
+            self.completions[index][position] = str(text)
+            self.errors[index][position] = str(error)
+            self.remaining[index] -= 1
+            if self.remaining[index] == 0:
                 finished.add(index)
         for index in sorted(finished):
-            _write(
-                directory,
-                by_index[index],
-                rows,
-                completions.pop(index),
-                errors.pop(index),
-                fingerprint,
-                build,
+            shard = self.by_index[index]
+            table = self.job.build(
+                self.job.rows.slice(shard.start, shard.rows),
+                self.completions.pop(index).tolist(),
+                self.errors.pop(index).tolist(),
             )
-            run.shards_computed.append(index)
-            run.rows_computed += by_index[index].rows
-    bar.close()
-    unfinished = sorted(i for i, left in remaining.items() if left)
-    if unfinished:
-        raise RuntimeError(f"inference returned no completion for some rows of shards {unfinished}")
+            shards.write_shard(self.job.directory, shard, table, self.job.fingerprint)
+            self.run.shards_computed.append(index)
+            self.run.rows_computed += shard.rows
 
+    def _add_in_memory(
+        self, rows: np.ndarray, draws: np.ndarray, texts: np.ndarray, errors: np.ndarray
+    ) -> None:
+        count = self.job.rows.num_rows
+        for row, draw, text, error in zip(rows, draws, texts, errors, strict=True):
+            position = int(draw) * count + int(row)
+            self.run.completions[position] = str(text)
+            self.run.errors[position] = str(error)
+        self.run.rows_computed = self.received // self.job.decoding.samples
 
-def _write(
-    directory: str,
-    shard: shards.Shard,
-    rows: pa.Table,
-    completions: np.ndarray,
-    errors: np.ndarray,
-    fingerprint: str,
-    build: TableBuilder,
-) -> None:
-    table = build(rows.slice(shard.start, shard.rows), completions.tolist(), errors.tolist())
-    shards.write_shard(directory, shard, table, fingerprint)
+    def finish(self, previous_end: float) -> float:
+        """Check that every pair came back; returns when the job's last batch did."""
+        unfinished = sorted(i for i, left in self.remaining.items() if left)
+        if unfinished or self.received != self.plan.inputs:
+            raise RuntimeError(
+                f"inference returned {self.received} of {self.plan.inputs} completions for "
+                f"{self.job.source} (unfinished shards: {unfinished})"
+            )
+        if self.plan.inputs:
+            self.run.seconds = round(self.last_seconds - previous_end, 3)
+            self.run.first_result_seconds = round(self.run.first_result_seconds - previous_end, 3)
+            return self.last_seconds
+        return previous_end

@@ -23,9 +23,10 @@ A re-run skips every finished prediction shard and rebuilds the report.
 Sampled reward (``eval.sampled_rows`` > 0): beside the greedy metrics, each model's mean combined
 reward over ``eval.sampled_per_row`` completions sampled with GRPO's settings on the first
 ``eval.sampled_rows`` evaluated rows (geor_core.training.sampled_reward: the objective GRPO optimises,
-which greedy metrics do not show). It runs after batch inference as ONE Ray task with one
-inference actor's resources (a few dozen rows do not pay for a Ray Data pipeline), is the
-comparison's ``sampled_reward`` column, and is kept with a fingerprint so a re-run reuses it.
+which greedy metrics do not show). Every model's greedy rows and sampled draws go through ONE
+actor pool (tasks/batch_inference.py), model after model: one pool start per run, not one per
+model plus one per sampled reward. The sampled reward is the comparison's ``sampled_reward``
+column, and is kept with a fingerprint so a re-run reuses it.
 MLflow: an ``evaluate`` run with one child run per model (tasks/evaluation_logging.py).
 """
 
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ import pandas as pd
 import pyarrow as pa
 
 from geor_core import uris
-from geor_core.config import GeorConfig, ModelConfig
+from geor_core.config import GeorConfig
 from geor_core.data.cor_rows import OUTPUT_SCHEMA
 from geor_core.data.dataset import read_prepared, require_prepared
 from geor_core.data.shards import MARKERS_DIR
@@ -61,21 +62,16 @@ from geor_core.scoring.evaluation_report import (
 from geor_core.scoring.predictions import PREPARED_TRUTH, evaluation_predictions
 from geor_core.scoring.published import BENCHMARKS, detect_benchmark
 from geor_core.scoring.scoring import read_table
-from geor_core.training.sampled_reward import SAMPLING_SEED
-from tasks.batch_inference import (
-    Geolocator,
-    InferenceRun,
-    inference_fingerprint,
-    ray_scope,
-    run_sharded_inference,
-)
+from geor_core.training.sampled_reward import SAMPLING_SEED, score_sampled
+from tasks.batch_inference import InferenceJob, InferenceRun, inference_fingerprint, ray_scope, run_inference
 from tasks.evaluation_logging import log_comparison, log_model_run
-from tasks.ray_session import connect_ray
+from tasks.inference_actor import Decoding
 from tasks.training_run import check_model_source
 
 INPUT_COLUMNS = ["id", "split", "image", *dict.fromkeys(PREPARED_TRUTH.values())]
 _LABEL_RE = re.compile(r"^([A-Za-z0-9][\w.\-]{0,63})=(.+)$")
 MODELS_DIR = "models"
+SAMPLED_FILE = "sampled_reward.json"
 REPORT_ENTRIES = (MODELS_DIR, "comparison.md", "comparison.json", "error_cdf.png")  # + the marker
 
 
@@ -184,12 +180,17 @@ def run_evaluate(
     ):
         if run is not None:
             log_dataset(data_uri, "evaluation-data", "evaluation", OUTPUT_SCHEMA)
-        for label, source in labelled:
-            fingerprint = inference_fingerprint(cfg, source, data=fingerprint_of_data, reward=cfg.reward)
-            evaluation = _evaluate_model(cfg, label, source, rows, output_uri, fingerprint)
+        plans = [
+            _ModelPlan.of(cfg, label, source, rows, output_uri, fingerprint_of_data)
+            for label, source in labelled
+        ]
+        runs = iter(run_inference(cfg, [job for plan in plans for job in plan.jobs()], label="evaluate"))
+        for plan in plans:  # the runs come back in the jobs' order
+            inference, sampled_run = next(runs), next(runs) if plan.sampled_job else None
+            evaluation = _finish_model(cfg, plan, rows, inference, sampled_run)
             evaluations.append(evaluation)
             if run is not None:
-                log_model_run(cfg, evaluation, _model_dir(output_uri, label))
+                log_model_run(cfg, evaluation, plan.directory)
         comparison = comparison_rows(
             [(e.label, e.source, e.comparison_metrics()) for e in evaluations], benchmark
         )
@@ -209,20 +210,67 @@ def run_evaluate(
     return EvaluateResult(output_uri, benchmark, evaluations, comparison)
 
 
-def _model_dir(output_uri: str, label: str) -> str:
-    return uris.join(output_uri, MODELS_DIR, label)
+@dataclass
+class _ModelPlan:
+    """One model's inference jobs: greedy predictions (sharded, resumable) and, unless a kept one
+    has the same fingerprint, its sampled reward (in memory)."""
+
+    label: str
+    source: str
+    directory: str
+    greedy_job: InferenceJob
+    sampled_job: InferenceJob | None
+    sampled_key: str  # the sampled reward's fingerprint ("" when eval.sampled_rows is 0)
+    sampled_kept: dict[str, Any] | None
+
+    @classmethod
+    def of(
+        cls, cfg: GeorConfig, label: str, source: str, rows: pa.Table, output_uri: str, data_fingerprint: str
+    ) -> _ModelPlan:
+        directory = uris.join(output_uri, MODELS_DIR, label)
+        fingerprint = inference_fingerprint(cfg, source, data=data_fingerprint, reward=cfg.reward)
+
+        def build(shard_rows: pa.Table, completions: list[str], errors: list[str]) -> pa.Table:
+            return evaluation_predictions(shard_rows, completions, errors, cfg.reward)
+
+        greedy = InferenceJob(
+            source, rows, Decoding.of_eval(cfg.eval), uris.join(directory, "predictions"), fingerprint, build
+        )
+        if not cfg.eval.sampled_rows:
+            return cls(label, source, directory, greedy, None, "", None)
+        subset = rows.slice(0, cfg.eval.sampled_rows)
+        decoding = Decoding(
+            cfg.grpo.max_completion_length, True, cfg.grpo.temperature, cfg.grpo.top_p,
+            samples=cfg.eval.sampled_per_row, seed=SAMPLING_SEED,
+        )  # fmt: skip
+        sampling = {
+            "inference": fingerprint,
+            "grpo": {k: getattr(cfg.grpo, k) for k in ("temperature", "top_p", "max_completion_length")},
+            "per_row": cfg.eval.sampled_per_row,
+            "batch_size": cfg.eval.batch_size,
+            "seed": SAMPLING_SEED,
+            "ids": subset.column("id").to_pylist(),
+        }
+        key = inference_fingerprint(cfg, source, sampling=sampling)
+        kept_uri = uris.join(directory, SAMPLED_FILE)
+        kept = json.loads(uris.read_text(kept_uri)) if uris.exists(kept_uri) else {}
+        if kept.get("fingerprint") == key:
+            return cls(label, source, directory, greedy, None, key, kept["sampled"])
+        return cls(label, source, directory, greedy, InferenceJob(source, subset, decoding), key, None)
+
+    def jobs(self) -> list[InferenceJob]:
+        return [self.greedy_job, *([self.sampled_job] if self.sampled_job else [])]
 
 
-def _evaluate_model(
-    cfg: GeorConfig, label: str, source: str, rows: pa.Table, output_uri: str, fingerprint: str
+def _finish_model(
+    cfg: GeorConfig,
+    plan: _ModelPlan,
+    rows: pa.Table,
+    inference: InferenceRun,
+    sampled_run: InferenceRun | None,
 ) -> ModelEvaluation:
-    directory = _model_dir(output_uri, label)
-    predictions_uri = uris.join(directory, "predictions")
-
-    def build(shard_rows: pa.Table, completions: list[str], errors: list[str]) -> pa.Table:
-        return evaluation_predictions(shard_rows, completions, errors, cfg.reward)
-
-    inference = run_sharded_inference(cfg, source, rows, predictions_uri, fingerprint, build)
+    """The model's report from its written predictions, and its sampled reward scored and kept."""
+    predictions_uri = plan.greedy_job.directory
     predictions = read_table(predictions_uri)
     if len(predictions) != rows.num_rows:
         raise RuntimeError(
@@ -231,53 +279,28 @@ def _evaluate_model(
     report = model_report(predictions, worst_n=cfg.eval.worst_n, top_countries=cfg.eval.top_countries)
     if report.metrics["n"] + report.metrics["n_truth_invalid"] != rows.num_rows:
         raise RuntimeError(f"{rows.num_rows} rows evaluated but {report.metrics['n']} scored")
-    sampled = _sampled_reward(cfg, source, rows, directory, fingerprint) if cfg.eval.sampled_rows else None
-    _write_model_report(directory, label, source, predictions, report, inference, sampled)
+    sampled = plan.sampled_kept
+    if sampled_run is not None:
+        sampled = _score_sampled(cfg, plan.sampled_job.rows, sampled_run)
+        record = {"fingerprint": plan.sampled_key, "sampled": sampled}
+        uris.write_text(uris.join(plan.directory, SAMPLED_FILE), json.dumps(record, indent=2) + "\n")
+    _write_model_report(plan.directory, plan.label, plan.source, predictions, report, inference, sampled)
     error_km = predictions["error_km"].to_numpy(float)
-    return ModelEvaluation(label, source, predictions_uri, report, inference, error_km, sampled)
+    return ModelEvaluation(plan.label, plan.source, predictions_uri, report, inference, error_km, sampled)
 
 
-def _sampled_reward(
-    cfg: GeorConfig, source: str, rows: pa.Table, directory: str, fingerprint: str
-) -> dict[str, Any]:
-    """The sampled reward on the first ``eval.sampled_rows`` rows: reused when a finished one has
-    the same fingerprint, else computed by one Ray task with one inference actor's resources."""
-    settings = cfg.eval
-    subset = rows.slice(0, settings.sampled_rows)
-    sampling = {
-        "inference": fingerprint,
-        "grpo": {k: getattr(cfg.grpo, k) for k in ("temperature", "top_p", "max_completion_length")},
-        "per_row": settings.sampled_per_row,
-        "batch_size": settings.batch_size,
-        "seed": SAMPLING_SEED,
-        "ids": subset.column("id").to_pylist(),
-    }
-    key = inference_fingerprint(cfg, source, sampling=sampling)
-    uri = uris.join(directory, "sampled_reward.json")
-    if uris.exists(uri):
-        kept = json.loads(uris.read_text(uri))
-        if kept.get("fingerprint") == key:
-            return kept["sampled"]
-    import ray
-
-    connect_ray()  # the caller's ray_scope shuts down a session started here
-    resources: dict[str, Any] = {"num_cpus": settings.cpus_per_actor, "num_gpus": settings.gpus_per_actor}
-    if source.startswith("models:/"):  # the task downloads it: it needs the registry
-        resources["runtime_env"] = {"env_vars": tracking.tracking_env(cfg)}
-    task = ray.remote(_score_sampled).options(**resources)
-    sampled = ray.get(task.remote(cfg, replace(cfg.model, name_or_path=source), subset))
-    uris.write_text(uri, json.dumps({"fingerprint": key, "sampled": sampled}, indent=2) + "\n")
-    return sampled
-
-
-def _score_sampled(cfg: GeorConfig, model: ModelConfig, rows: pa.Table) -> dict[str, Any]:
-    """On a Ray worker: load the model as an inference actor does, then sample and score."""
-    from geor_core.training.sampled_reward import sampled_reward
-
-    loaded = Geolocator(model, cfg.eval)
-    result = sampled_reward(
-        loaded.model, loaded.processor, rows, cfg, cfg.eval.sampled_per_row, batch_size=cfg.eval.batch_size
-    )
+def _score_sampled(cfg: GeorConfig, rows: pa.Table, run: InferenceRun) -> dict[str, Any]:
+    """The sampled reward's summary over the rows whose photo loaded in every draw."""
+    samples = cfg.eval.sampled_per_row
+    errors = np.array(run.errors, dtype=object).reshape(samples, rows.num_rows)
+    readable = np.flatnonzero((errors == "").all(axis=0))
+    if not readable.size:
+        raise UserFacingError(
+            f"none of the {rows.num_rows} sampled rows has a readable photo: no sampled reward"
+        )
+    texts = np.array(run.completions, dtype=object).reshape(samples, rows.num_rows)[:, readable]
+    unreadable = rows.num_rows - readable.size
+    result = score_sampled(texts.ravel().tolist(), rows.take(readable), unreadable, samples, cfg.reward)
     return result.summary()
 
 

@@ -172,7 +172,7 @@ def test_the_geolocator_reports_a_huge_photo_in_its_row_and_sees_only_bounded_ph
     import torch
 
     from geor_core.training import generation
-    from tasks.batch_inference import Geolocator
+    from tasks.inference_actor import Decoding, Geolocator
 
     cfg = load_config("test")
     seen: list[tuple[int, int]] = []
@@ -185,11 +185,16 @@ def test_the_geolocator_reports_a_huge_photo_in_its_row_and_sees_only_bounded_ph
     monkeypatch.setattr(generation, "generate", recording_generate)
     threads = torch.get_num_threads()
     try:
-        actor = Geolocator(
-            replace(cfg.model, name_or_path=str(tiny_model_dir)), replace(cfg.eval, max_new_tokens=4)
-        )
+        model = replace(cfg.model, name_or_path=str(tiny_model_dir))
+        actor = Geolocator([model], [Decoding(max_new_tokens=4)], cfg.eval)
+        images = np.array([photos["huge"], photos["large"], photos["small"]])
         out = actor(
-            {"row": np.arange(3), "image": np.array([photos["huge"], photos["large"], photos["small"]])}
+            {
+                "job": np.zeros(3, np.int32),
+                "row": np.arange(3),
+                "draw": np.zeros(3, np.int32),
+                "image": images,
+            }
         )
     finally:
         torch.set_num_threads(threads)

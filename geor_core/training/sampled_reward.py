@@ -102,7 +102,6 @@ def sampled_reward(
     readable, images, unreadable = _readable(rows, cfg)
     if not images:
         raise ValueError(f"none of the {rows.num_rows} rows has a readable photo: no sampled reward")
-    truth = _repeated_truth(readable, samples_per_row)
     step = batch_size or len(images)
     completions: list[str] = []
     for draw in range(samples_per_row):
@@ -112,11 +111,20 @@ def sampled_reward(
                 max_new_tokens=cfg.grpo.max_completion_length, do_sample=True, temperature=cfg.grpo.temperature,
                 top_p=cfg.grpo.top_p, seed=seed + start * samples_per_row + draw,
             )  # fmt: skip
-    scores = score_completions(completions, truth, reward or cfg.reward)
+    return score_sampled(completions, readable, unreadable, samples_per_row, reward or cfg.reward)
+
+
+def score_sampled(
+    completions: list[str], rows: pa.Table, unreadable: int, samples_per_row: int, reward: RewardConfig
+) -> SampledReward:
+    """Score draw-major ``completions`` (``samples_per_row`` per row of ``rows``, the rows whose photo
+    loaded; ``unreadable`` more did not) with ``reward``."""
+    truth = _repeated_truth(rows, samples_per_row)
+    scores = score_completions(completions, truth, reward)
     means = {name: float(np.mean(scores[name])) for name in MEAN_COMPONENTS}
     located = scores["distance_km"][~np.isnan(scores["distance_km"])]
     return SampledReward(
-        rows=readable.num_rows,
+        rows=rows.num_rows,
         unreadable_rows=unreadable,
         samples_per_row=samples_per_row,
         median_km=float(np.median(located)) if located.size else None,
