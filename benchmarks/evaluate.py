@@ -13,15 +13,19 @@ every photo, so every row costs the same. Then, over the same rows and model:
   seconds are wall time from process start to exit;
 - ``ray_data``: tasks.batch_inference.run_sharded_inference (the path `geor evaluate` takes:
   from_arrow -> map_batches over an actor pool -> shards written with markers), for each actor
-  count, each actor with ``--cpus-per-actor`` CPUs and one torch thread; seconds include starting
-  the actors and loading the model in each (Ray, and Ray Data's one-off set-up, are started
-  before the clock: ``ray_start_seconds``).
+  count, each actor with ``--cpus-per-actor`` CPUs and one torch thread, on a private Ray
+  instance started and stopped inside the clock (``ray.init`` to ``ray.shutdown``), as a
+  one-model `geor evaluate` pays it.
 
 Rounds alternate the two sides (``--repeats``), so load from other jobs on a shared machine
-hits both. Prints one JSON object: every run, the median rows/s of each configuration, and
-``ratio`` = best median Ray Data rows/s / best median single-process rows/s (end to end, model
-loading included on both sides), and ``steady_ratio``, the same once the models are loaded
-(Ray: after the first batch came back; single process: after loading).
+hits both. Prints one JSON object: the load average at the start and the end, every run, the
+median and spread (min, max) of rows/s of each configuration, and ``ratio`` = best median Ray
+Data rows/s / best median single-process rows/s (end to end: process or Ray start, model loading
+and writing included), and ``steady_ratio``, the same once the models are loaded (Ray: after the
+first batch came back; single process: after loading). Exits 1 when the two sides' outputs
+differ: each run's rows must be every input row, and greedy decoding must give the same
+completion for a row on both sides (``identical_completions`` is the share that did).
+The world is built once per ``--rows`` under ``--workdir`` (``rows-<N>/``).
 """
 
 from __future__ import annotations
@@ -48,8 +52,15 @@ def _progress(measured: dict) -> dict:
     return measured
 
 
+COMPLETIONS: dict[str, list[str]] = {}  # the latest run's completions of each side, in row order
+
+
 def _median(runs: list[dict], key: str = "rows_per_s") -> float:
     return round(float(statistics.median(run[key] for run in runs)), 2)
+
+
+def _spread(runs: list[dict], key: str = "rows_per_s") -> list[float]:
+    return [min(run[key] for run in runs), max(run[key] for run in runs)]
 
 
 def build_inputs(workdir: Path, rows: int) -> tuple[str, str]:
@@ -100,11 +111,12 @@ def single_process_child(
     model_config = ModelConfig(name_or_path=model_dir)
     model, processor = load_model(model_config, device="cpu"), load_processor(model_config)
     loaded = time.monotonic()
-    parsed = 0
+    parsed, completions = 0, []
     for start in range(0, len(rows), batch_size):
         images = [load_image(uri, model_config) for uri in rows[start : start + batch_size]]
         texts = generate(model, processor, images, max_new_tokens=max_new_tokens)
         parsed += len(parse_many(texts).error)
+        completions += texts
     assert parsed == len(rows)
     print(
         json.dumps(
@@ -112,6 +124,7 @@ def single_process_child(
                 "rows": len(rows),
                 "load_seconds": loaded - started,
                 "generate_seconds": time.monotonic() - loaded,
+                "completions": completions,
             }
         )
     )
@@ -125,9 +138,11 @@ def single_process(model_dir: str, prepared: str, threads: int, batch_size: int,
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     seconds = time.monotonic() - started
     child = json.loads(done.stdout.strip().splitlines()[-1])
+    COMPLETIONS["single_process"] = child["completions"]
     return _progress(
         {
             "threads": threads,
+            "rows": child["rows"],
             "seconds": round(seconds, 2),
             "load_seconds": round(child["load_seconds"], 2),
             "rows_per_s": round(child["rows"] / seconds, 2),
@@ -137,16 +152,25 @@ def single_process(model_dir: str, prepared: str, threads: int, batch_size: int,
 
 
 def ray_data(model_dir: str, prepared: str, actors: int, cpus: float, overrides: list[str]) -> dict:
-    """The `geor evaluate` inference path over the same rows, into a fresh directory."""
+    """The `geor evaluate` inference path over the same rows, into a fresh directory, on a private
+    Ray instance started and stopped inside the clock."""
+    import ray
+
     from geor_core.config import load_config
     from geor_core.scoring.predictions import evaluation_predictions
+    from geor_core.scoring.scoring import read_table
     from tasks.batch_inference import run_sharded_inference
     from tasks.evaluate import evaluation_rows
 
     cfg = load_config("test", [*overrides, f"eval.num_actors={actors}", f"eval.cpus_per_actor={cpus}"])
     rows = evaluation_rows(prepared, ["train", "val", "test"], 0)
     directory = tempfile.mkdtemp(prefix="geor-bench-eval-")
+    ray_dir = tempfile.mkdtemp(prefix="geor-bench-ray-", dir="/tmp")
+    started = time.monotonic()
+    # A private cluster: a bare ray.init() would join any cluster already running on the machine.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, _temp_dir=ray_dir)
     try:
+        ray_start = time.monotonic() - started
         run = run_sharded_inference(
             cfg,
             model_dir,
@@ -155,15 +179,21 @@ def ray_data(model_dir: str, prepared: str, actors: int, cpus: float, overrides:
             "bench",
             lambda shard, texts, errors: evaluation_predictions(shard, texts, errors, cfg.reward),
         )
+        written = read_table(directory)
     finally:
+        ray.shutdown()
+        seconds = time.monotonic() - started
         shutil.rmtree(directory, ignore_errors=True)
-    assert run.rows_computed == rows.num_rows
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    COMPLETIONS["ray_data"] = written["completion"].tolist()
     return _progress(
         {
             "actors": actors,
             "cpus_per_actor": cpus,
-            "seconds": run.seconds,
-            "rows_per_s": round(run.rows_per_second, 2),
+            "rows": len(written),
+            "seconds": round(seconds, 2),
+            "ray_start_seconds": round(ray_start, 2),
+            "rows_per_s": round(rows.num_rows / seconds, 2),
             "first_result_seconds": run.first_result_seconds,
             "steady_rows_per_s": round(run.steady_rows_per_second or 0.0, 2),
             "shards": run.shards,
@@ -186,21 +216,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds, alternating baseline and Ray runs")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "geor-bench-evaluate"))
     args = parser.parse_args()
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir) / f"rows-{args.rows}"
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir, prepared = build_inputs(workdir, args.rows)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
 
     from geor_core.data.dataset import read_prepared
 
     rows = read_prepared(prepared, columns=["image"]).num_rows
-    import ray
-
-    started = time.monotonic()
-    # A private cluster: a bare ray.init() would join any cluster already running on the machine.
-    ray_dir = tempfile.mkdtemp(prefix="geor-bench-ray-", dir="/tmp")
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, _temp_dir=ray_dir)
-    ray.data.range(1).materialize()  # Ray Data's one-off set-up (its stats actor) counts as start-up
-    ray_start = time.monotonic() - started
     overrides = [
         f"eval.max_new_tokens={args.max_new_tokens}",
         f"eval.batch_size={args.batch_size}",
@@ -208,44 +231,49 @@ def main() -> None:
     ]
     baseline: dict[int, list[dict]] = {int(t): [] for t in args.threads.split(",")}
     pooled: dict[int, list[dict]] = {int(n): [] for n in args.actors.split(",")}
-    try:  # rounds alternate the two sides, so a busy moment on a shared machine hits both
-        for _ in range(args.repeats):
-            for threads, runs in baseline.items():
-                runs.append(
-                    single_process(model_dir, prepared, threads, args.batch_size, args.max_new_tokens)
-                )
-            for actors, runs in pooled.items():
-                runs.append(ray_data(model_dir, prepared, actors, args.cpus_per_actor, overrides))
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_dir, ignore_errors=True)
+    identical: list[float] = []
+    for _ in range(args.repeats):  # rounds alternate the two sides: a busy moment hits both
+        for threads, runs in baseline.items():
+            runs.append(single_process(model_dir, prepared, threads, args.batch_size, args.max_new_tokens))
+        for actors, runs in pooled.items():
+            runs.append(ray_data(model_dir, prepared, actors, args.cpus_per_actor, overrides))
+            pairs = zip(COMPLETIONS["single_process"], COMPLETIONS["ray_data"], strict=True)
+            identical.append(sum(a == b for a, b in pairs) / rows)
+    all_runs = [run for runs in (*baseline.values(), *pooled.values()) for run in runs]
     baseline_best = {t: _median(runs) for t, runs in baseline.items()}
     pooled_best = {n: _median(runs) for n, runs in pooled.items()}
-    best_single = max(baseline_best.values())
-    best_ray = max(pooled_best.values())
     steady_single = max(_median(runs, "generate_rows_per_s") for runs in baseline.values())
     steady_ray = max(_median(runs, "steady_rows_per_s") for runs in pooled.values())
-    print(
-        json.dumps(
-            {
-                "rows": rows,
-                "model": "tiny untrained (1.24M parameters), every row generates max_new_tokens",
-                "max_new_tokens": args.max_new_tokens,
-                "batch_size": args.batch_size,
-                "cpus": os.cpu_count(),
-                "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-                "repeats": args.repeats,
-                "single_process_rows_per_s_median": {f"threads_{t}": v for t, v in baseline_best.items()},
-                "ray_data_rows_per_s_median": {f"actors_{n}": v for n, v in pooled_best.items()},
-                "ray_start_seconds": round(ray_start, 2),
-                "single_process_runs": [run for runs in baseline.values() for run in runs],
-                "ray_data_runs": [run for runs in pooled.values() for run in runs],
-                "ratio": round(best_ray / best_single, 3),
-                "steady_ratio": round(steady_ray / steady_single, 3),
-            },
-            indent=2,
+    result = {
+        "rows": rows,
+        "model": "tiny untrained (1.24M parameters), every row generates max_new_tokens",
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "repeats": args.repeats,
+        "single_process_rows_per_s_median": {f"threads_{t}": v for t, v in baseline_best.items()},
+        "single_process_rows_per_s_spread": {f"threads_{t}": _spread(r) for t, r in baseline.items()},
+        "ray_data_rows_per_s_median": {f"actors_{n}": v for n, v in pooled_best.items()},
+        "ray_data_rows_per_s_spread": {f"actors_{n}": _spread(r) for n, r in pooled.items()},
+        "ray_start_seconds_median": _median(
+            [r for runs in pooled.values() for r in runs], "ray_start_seconds"
+        ),
+        "single_process_runs": [run for runs in baseline.values() for run in runs],
+        "ray_data_runs": [run for runs in pooled.values() for run in runs],
+        "ratio": round(max(pooled_best.values()) / max(baseline_best.values()), 3),
+        "steady_ratio": round(steady_ray / steady_single, 3),
+        "identical_completions": round(min(identical), 4),
+    }
+    print(json.dumps(result, indent=2))
+    lost = [run for run in all_runs if run["rows"] != rows]
+    if lost or min(identical) < 1.0:
+        print(
+            f"the sides differ: runs with other row counts {lost}; identical share {min(identical)}",
+            file=sys.stderr,
         )
-    )
+        sys.exit(1)
 
 
 if __name__ == "__main__":
