@@ -100,14 +100,14 @@ def single_process_child(
     import torch
 
     from geor_core.config import ModelConfig
-    from geor_core.data.dataset import read_prepared
     from geor_core.data.images import load_image
     from geor_core.geo.parse import parse_many
     from geor_core.training.generation import generate
     from geor_core.training.model_loading import load_model, load_processor
+    from tasks.evaluate import evaluation_rows
 
     torch.set_num_threads(threads)
-    rows = read_prepared(prepared, columns=["image"]).column("image").to_pylist()
+    rows = evaluation_rows(prepared, ["train", "val", "test"], 0).column("image").to_pylist()  # Ray's order
     model_config = ModelConfig(name_or_path=model_dir)
     model, processor = load_model(model_config, device="cpu"), load_processor(model_config)
     loaded = time.monotonic()

@@ -205,9 +205,11 @@ class _Plan:
             return cls(job, run, [], inputs, rows_per_shard)
         plan = shards.plan_shards(job.rows.column("id").to_pylist(), rows_per_shard)
         shards.remove_beyond(job.directory, len(plan))
-        pending = [s for s in plan if not shards.is_done(job.directory, s, job.fingerprint)]
+        done, marked = shards.scan(job.directory, plan, job.fingerprint)
+        pending = [s for s in plan if s.index not in done]
         for shard in pending:
-            shards.invalidate(job.directory, shard)
+            if shard.index in marked:  # a stale marker goes before its shard is recomputed
+                shards.invalidate(job.directory, shard)
         run = InferenceRun(shards=len(plan), shards_skipped=len(plan) - len(pending), rows=job.rows.num_rows)
         return cls(job, run, pending, sum(s.rows for s in pending) * job.decoding.samples, rows_per_shard)
 
