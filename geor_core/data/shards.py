@@ -76,13 +76,9 @@ def _marker_matches(directory: str, shard: Shard, fingerprint: str) -> bool:
     return marker == _marker_payload(shard, fingerprint)
 
 
-def is_done(directory: str, shard: Shard, fingerprint: str) -> bool:
-    """True when the shard was written by a run with this fingerprint over these same ids."""
-    return _marker_matches(directory, shard, fingerprint) and uris.exists(shard_uri(directory, shard.index))
-
-
 def scan(directory: str, plan: Sequence[Shard], fingerprint: str) -> tuple[set[int], set[int]]:
-    """(indices of the shards :func:`is_done` accepts, indices of those with any marker), from two
+    """(indices of the finished shards: their file is there and their marker names this fingerprint
+    and the same ids; indices of the shards with any marker), from two
     listings and the present markers read concurrently: no storage round trip per shard in
     sequence (an S3 run over millions of rows has thousands of shards)."""
     files, markers = _names(directory), _names(uris.join(directory, MARKERS_DIR))
