@@ -128,6 +128,21 @@ class WorkerSetup:
     system_metrics: Any = None  # rank 0's MLflow system-metrics monitor (None elsewhere / untracked)
 
 
+def skip_shared_memory_comm_build() -> None:
+    """Keep DeepSpeed's CPU backend from compiling its shared-memory all-reduce op.
+
+    On the CPU accelerator, ``deepspeed.comm`` JIT-compiles ``deepspeed_shm_comm`` (C++, with
+    ninja) the first time a process group starts in an environment: 70 to 210 s on a 2-core
+    machine, paid again whenever the venv moves (the cached build is keyed by its source paths),
+    and about a second of ninja checks in every later fit. Training never uses it: DeepSpeed's
+    training all-reduce is torch.distributed's (gloo here) either way; the op serves only its
+    inference all-reduce. On GPUs this is never reached. DeepSpeed reads the op's compatibility from ``deepspeed.ops.__compatible_ops__`` (probed once
+    per process), so marking it incompatible there is the one switch it offers."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def setup_worker(config: dict[str, Any], stage: str) -> WorkerSetup:
     """Env and scratch, the config, the model (with LoRA when configured) and the callbacks:
     Ray's checkpoint reporting, rank-0 MLflow metrics and console, the fault-injection hook. Rank 0 also
@@ -145,6 +160,7 @@ def setup_worker(config: dict[str, Any], stage: str) -> WorkerSetup:
     settings = getattr(cfg, stage)
     if not settings.use_gpu:  # say so, rather than have DeepSpeed warn that it found no GPU
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        skip_shared_memory_comm_build()
     rank = context.get_world_rank()
     cfg.model.name_or_path = config["model_uri"]
     processor = load_processor(cfg.model)
