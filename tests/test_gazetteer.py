@@ -118,6 +118,9 @@ def test_lookup_fields_match_the_settlement_table():
     np.testing.assert_allclose(
         found["distance_km"], haversine_km(lat, lon, found["city_lat"], found["city_lon"])
     )
+    index, distance_km = gazetteer.nearest(lat, lon)  # the same query, without the names
+    assert index.tolist() == found["settlement_index"].tolist()
+    np.testing.assert_array_equal(distance_km, found["distance_km"])
 
 
 def test_lookup_finds_the_great_circle_nearest_settlement():

@@ -194,6 +194,23 @@ def test_each_row_gets_the_first_reason_that_applies_and_good_rows_their_cor_tar
     np.testing.assert_allclose(parsed.lon, [9.1829, 151.2093], atol=1e-6)
 
 
+def test_coordinates_read_by_one_cast_equal_those_parsed_cell_by_cell():
+    """A block whose coordinates are all numbers is read by one Arrow cast; a block with one bad
+    cell is parsed cell by cell. Both give every good row the same float (Python's own reading)."""
+    rng = np.random.default_rng(7)
+    lat, lon = rng.uniform(-60, 70, 200), rng.uniform(-179, 179, 200)
+    texts = [(repr(float(a)), f"{b:.6f}") for a, b in zip(lat, lon, strict=True)]
+    texts[:3] = [("+12.5", "1e1"), (".5", "7."), ("-0.25E+1", "100")]
+    rows = [(f"p{i}", f"{i}.jpg", a, b) for i, (a, b) in enumerate(texts)]
+    images = reference_rule(["file"], "/photos", ["/photos"])
+    clean, clean_reason = prepare_batch(_batch(rows), ROLES, images, RULES)
+    mixed, mixed_reason = prepare_batch(_batch([*rows, ("bad", "x.jpg", "12,5", "3")]), ROLES, images, RULES)
+    assert (clean_reason == "").all() and mixed_reason.tolist() == [*[""] * 200, "non_numeric_lat"]
+    assert clean.equals(mixed)
+    assert clean["lat"].to_pylist() == [float(a) for a, _ in texts]
+    assert clean["lon"].to_pylist() == [float(b) for _, b in texts]
+
+
 def test_image_references_resolve_against_the_base_unless_absolute():
     refs = pa.array(["a/b.jpg", "./c.jpg", "/data/m/x/d.jpg", "s3://b/e.jpg", "https://h/f.jpg"])
     uris, reasons = resolve_references(refs, reference_rule(["file", "s3"], "/data/m/", ["/data/m"]))

@@ -71,14 +71,11 @@ def settlements() -> pd.DataFrame:
     return _gazetteer().table.copy()
 
 
-def lookup(lat: ArrayLike, lon: ArrayLike) -> dict[str, np.ndarray]:
-    """Nearest settlement for each point (degrees, 1-D, already validated); one KD-tree query.
-
-    Returns equal-length arrays: country_code, country_name, admin1, admin2, city (object arrays
-    of str; admin1/admin2 may be ""), city_lat, city_lon, distance_km (Haversine from the point
-    to the settlement), settlement_index (int64 row of ``settlements()``). Raises ValueError
-    naming the first bad value if a coordinate is not finite or out of range.
-    """
+def nearest(lat: ArrayLike, lon: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(settlement_index int64, distance_km float64) of the nearest settlement for each point
+    (degrees, 1-D, already validated): one KD-tree query, no name columns gathered (`geor
+    prepare` takes the names it needs from Arrow columns by index). Raises ValueError naming the
+    first bad value if a coordinate is not finite or out of range."""
     lat_arr = np.asarray(lat, dtype=np.float64)
     lon_arr = np.asarray(lon, dtype=np.float64)
     if lat_arr.ndim != 1 or lat_arr.shape != lon_arr.shape:
@@ -95,7 +92,20 @@ def lookup(lat: ArrayLike, lon: ArrayLike) -> dict[str, np.ndarray]:
         _, index = gazetteer.tree.query(_unit_vectors(lat_arr, lon_arr), k=1)
     else:
         index = np.zeros(0, dtype=np.int64)
-    result = {key: column[index] for key, column in gazetteer.columns.items()}
-    result["distance_km"] = haversine_km(lat_arr, lon_arr, result["city_lat"], result["city_lon"])
-    result["settlement_index"] = index.astype(np.int64)
+    index = index.astype(np.int64)
+    columns = gazetteer.columns
+    return index, haversine_km(lat_arr, lon_arr, columns["city_lat"][index], columns["city_lon"][index])
+
+
+def lookup(lat: ArrayLike, lon: ArrayLike) -> dict[str, np.ndarray]:
+    """Nearest settlement for each point, as ``nearest`` finds it, with its names.
+
+    Returns equal-length arrays: country_code, country_name, admin1, admin2, city (object arrays
+    of str; admin1/admin2 may be ""), city_lat, city_lon, distance_km (Haversine from the point
+    to the settlement), settlement_index (int64 row of ``settlements()``).
+    """
+    index, distance_km = nearest(lat, lon)
+    result = {key: column[index] for key, column in _gazetteer().columns.items()}
+    result["distance_km"] = distance_km
+    result["settlement_index"] = index
     return result
