@@ -40,15 +40,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESET = "test"
-GRPO_SETTINGS = [  # the learning test's settings (tests/test_grpo_learning.py)
-    "grpo.per_device_batch_size=16",
-    "grpo.num_generations=4",
-    "grpo.learning_rate=3e-4",
-    "grpo.warmup_ratio=0.1",
-    "grpo.beta=0.04",
-    "grpo.logging_steps=25",
-]
+PRESET = "learning"  # configs/learning.yaml: the GRPO learning test's settings, on the test preset
 ARMS = {
     "+GRPO product": ["reward.mode=product"],
     "+GRPO weighted_sum": ["reward.mode=weighted_sum", "reward.w_region=0.3", "reward.region_source=text"],
@@ -83,19 +75,10 @@ def build_start(work: Path, args: argparse.Namespace, env: dict[str, str]) -> tu
 def evaluate_model(model_uri: str, rows: Any, cfg: Any, samples: int) -> dict[str, Any]:
     """Greedy and sampled metrics of one model on ``rows`` (generation on one torch thread)."""
     from geor_core.config import RewardConfig
-    from geor_core.training.sampled_reward import (
-        completion_metrics,
-        greedy_metrics,
-        load_policy,
-        sampled_reward,
-        single_torch_thread,
-    )
+    from geor_core.training.sampled_reward import completion_metrics, score_policy
 
-    model, processor = load_policy(model_uri, cfg)
-    with single_torch_thread():
-        greedy = greedy_metrics(model, processor, rows, cfg)
-        # the paper's reward (distance x format) for every arm, whatever the arm trained on
-        sampled = sampled_reward(model, processor, rows, cfg, samples, reward=RewardConfig(mode="product"))
+    # the paper's reward (distance x format) for every arm, whatever the arm trained on
+    greedy, sampled = score_policy(model_uri, rows, cfg, samples, reward=RewardConfig(mode="product"))
     sampled_metrics = completion_metrics(sampled.completions, rows) | {"paper_reward": sampled.combined}
     return {"greedy": greedy, "sampled": sampled_metrics}
 
@@ -155,8 +138,8 @@ def main() -> None:
     start_marker = uris.read_marker(sft_start) or {}
     sft_s_per_step = stage_seconds(start_marker["metrics"]) / start_marker["global_step"]
     results: list[dict[str, Any]] = [{"model": "SFT start", "train_s": 0.0, "steps": 0, "export": sft_start}]
-    grpo_settings = [*GRPO_SETTINGS, f"grpo.max_steps={args.grpo_steps}", f"grpo.eval_steps={args.grpo_steps}",
-                     f"grpo.save_steps={args.grpo_steps}", f"grpo.seed={args.seed}"]  # fmt: skip
+    grpo_settings = [f"grpo.max_steps={args.grpo_steps}", f"grpo.eval_steps={args.grpo_steps}",
+                     f"grpo.save_steps={args.grpo_steps}", f"grpo.seed={args.seed}", "grpo.logging_steps=25"]  # fmt: skip
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON

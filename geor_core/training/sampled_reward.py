@@ -173,3 +173,20 @@ def _readable(rows: pa.Table, cfg: GeorConfig) -> tuple[pa.Table, list[Image.Ima
             continue
         kept.append(index)
     return rows.take(pa.array(kept, pa.int64())), images, rows.num_rows - len(kept)
+
+
+def score_policy(
+    model_uri: str,
+    rows: pa.Table,
+    cfg: GeorConfig,
+    samples_per_row: int,
+    *,
+    reward: RewardConfig | None = None,
+) -> tuple[dict[str, Any], SampledReward]:
+    """(greedy metrics, sampled reward) of the model at ``model_uri`` on ``rows``, generated on one
+    torch thread: how the GRPO learning test and benchmarks/grpo_vs_sft.py judge a policy."""
+    model, processor = load_policy(model_uri, cfg)
+    with single_torch_thread():
+        greedy = greedy_metrics(model, processor, rows, cfg)
+        sampled = sampled_reward(model, processor, rows, cfg, samples_per_row, reward=reward)
+    return greedy, sampled
