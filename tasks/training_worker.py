@@ -132,12 +132,12 @@ def skip_shared_memory_comm_build() -> None:
     """Keep DeepSpeed's CPU backend from compiling its shared-memory all-reduce op.
 
     On the CPU accelerator, ``deepspeed.comm`` JIT-compiles ``deepspeed_shm_comm`` (C++, with
-    ninja) the first time a process group starts in an environment: 70 to 210 s on a 2-core
-    machine, paid again whenever the venv moves (the cached build is keyed by its source paths),
-    and about a second of ninja checks in every later fit. Training never uses it: DeepSpeed's
-    training all-reduce is torch.distributed's (gloo here) either way; the op serves only its
-    inference all-reduce. On GPUs this is never reached. DeepSpeed reads the op's compatibility from ``deepspeed.ops.__compatible_ops__`` (probed once
-    per process), so marking it incompatible there is the one switch it offers."""
+    ninja) the first time a process group starts in an environment: 70 to 213 s on a 2-core
+    machine, paid again whenever the venv moves (the cached build is keyed by its source paths).
+    Training never uses it: DeepSpeed's training all-reduce is torch.distributed's (gloo here)
+    either way; the op serves only its inference all-reduce. GPU runs never come here. DeepSpeed
+    reads the op's compatibility from ``deepspeed.ops.__compatible_ops__`` (probed once per
+    process), so marking it incompatible there is the one switch it offers."""
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

@@ -159,3 +159,14 @@ def test_shared_sft_checkpoint_learns_the_chain_format(sft_checkpoint, prepared_
     print(json.dumps({"sft_learning": scores, "rows": len(rows)}))
     assert scores["sft"]["format_rate"] >= 0.9
     assert scores["sft"]["country_acc"] >= scores["untrained"]["country_acc"] + 0.4
+
+
+def test_cpu_workers_never_compile_deepspeeds_shared_memory_op():
+    """What a CPU Train worker does before its process group starts: DeepSpeed then builds no
+    shared-memory op (70-213 s of C++ compilation in a fresh venv, never used by training)."""
+    from deepspeed.comm.torch import build_shm_op
+
+    from tasks.training_worker import skip_shared_memory_comm_build
+
+    skip_shared_memory_comm_build()
+    assert build_shm_op() is None
