@@ -4,17 +4,21 @@
 
 Builds N manifest rows from data/mp16_coords_100k.csv (repeated, coordinates jittered by about
 1 km, unique ids; 0.1% rows without a latitude and 0.01% repeated ids, as real manifests have),
-written as files of ``--rows-per-file`` rows. Then runs, each in its own process tree:
+written as files of ``--rows-per-file`` rows. Then runs, each in its own process tree and
+alternating, ``--repeats`` times (default 3):
 
 - ``ray``: ``python -m flows prepare`` (starts a local Ray cluster on all cores);
 - ``single_process``: the same reader, dedupe and per-block transform (geor_core) in one
   process, no Ray.
 
-Prints one JSON object: for each, seconds (wall, process start to exit), job_seconds (the job's
-own clock; for Ray also per phase), rows_per_s, cpu_seconds, peak_rss_mb and peak_pss_mb (CPU
-time and memory summed over the process and all its descendants: driver, raylet, GCS and
-workers; see ``measure``). Ray runs its workers at nice 0 here, like the baseline. Both outputs are checked to hold the same
-rows. Stop it with Ctrl-C (SIGINT), which reaches the Ray driver and lets it shut its cluster down.
+Prints one JSON object: for each configuration the median and the [min, max] over the repeats of
+seconds (wall, process start to exit), job_seconds (the job's own clock; for Ray also per phase,
+in each run), rows_per_s, cpu_seconds, peak_rss_mb and peak_pss_mb (CPU time and memory summed
+over the process and all its descendants: driver, raylet, GCS and workers; see ``measure``),
+every run, the load average at the start and the end, and ``ray_speedup`` (median seconds). Ray
+runs its workers at nice 0 here, like the baseline. After each repeat both outputs are checked
+to hold the same rows; the script exits 1 when they do not. Stop it with Ctrl-C (SIGINT), which
+reaches the Ray driver and lets it shut its cluster down.
 """
 
 from __future__ import annotations
@@ -200,12 +204,13 @@ def rows_digest(output: str) -> str:
     from geor_core.data.dataset import DATA_DIR, parquet_files
 
     fs, files = parquet_files(f"{output}/{DATA_DIR}")
-    total, rows = np.uint64(0), 0
+    total, rows = 0, 0
     for path in files:
         frame = pq.read_table(path, filesystem=fs, schema=OUTPUT_SCHEMA).to_pandas()
-        total += pd.util.hash_pandas_object(frame, index=False).to_numpy().sum(dtype=np.uint64)
+        hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+        total = (total + int(hashes.sum(dtype=np.uint64))) % 2**64  # uint64 sums wrap: the same here
         rows += len(frame)
-    return f"{rows}:{int(total):016x}"
+    return f"{rows}:{total:016x}"
 
 
 def main() -> None:
@@ -216,6 +221,7 @@ def main() -> None:
     parser.add_argument("--compute", choices=("tasks", "actors"), default="tasks")
     parser.add_argument("--workdir", default="/tmp/geor-prepare-bench")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration, alternating")
     parser.add_argument(
         "--single-process-run", nargs=2, metavar=("MANIFEST", "OUTPUT"), help=argparse.SUPPRESS
     )
@@ -233,32 +239,68 @@ def main() -> None:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0", "PYTHONPATH": str(ROOT)}
     result: dict = {"rows": args.rows, "files": -(-args.rows // args.rows_per_file), "format": args.format,
                     "cpus": os.cpu_count(), "compute": args.compute}  # fmt: skip
-    runs = {"ray": [sys.executable, "-m", "flows", "prepare", "--manifest", str(manifest), "--output",
-                    str(work / "out-ray"), "--overwrite", f"prepare.compute={args.compute}"]}  # fmt: skip
+    commands = {"ray": [sys.executable, "-m", "flows", "prepare", "--manifest", str(manifest), "--output",
+                        str(work / OUTPUTS["ray"]), "--overwrite", f"prepare.compute={args.compute}"]}  # fmt: skip
     if not args.skip_baseline:
-        runs["single_process"] = [sys.executable, __file__, "--single-process-run", str(manifest),
-                                  str(work / "out-single")]  # fmt: skip
-    shutil.rmtree(work / "out-single", ignore_errors=True)  # the baseline has no overwrite logic
-    for name, command in runs.items():
-        measured = measure(command, env, work / f"{name}.log")
-        stats = json.loads(measured["stdout"].strip().splitlines()[-1])
-        result[name] = {
-            "seconds": round(measured["seconds"], 2),
-            "job_seconds": stats["seconds"],
-            "rows_per_s": round(args.rows / measured["seconds"]),
-            "cpu_seconds": round(measured["cpu_seconds"], 1),
-            "peak_rss_mb": round(measured["peak_rss_mb"]),
-            "peak_pss_mb": round(measured["peak_pss_mb"]),
-            "peak_processes": measured["peak_processes"],
-            "rows_out": stats["rows_out"],
-            "rows_rejected": stats["rows_rejected"],
-        }
-        if "phase_seconds" in stats:
-            result[name]["phase_seconds"] = stats["phase_seconds"]
-    if "single_process" in result:
-        result["ray_speedup"] = round(result["single_process"]["seconds"] / result["ray"]["seconds"], 2)
-        result["same_rows"] = rows_digest(str(work / "out-ray")) == rows_digest(str(work / "out-single"))
+        commands["single_process"] = [sys.executable, __file__, "--single-process-run", str(manifest),
+                                      str(work / OUTPUTS["single_process"])]  # fmt: skip
+    load_start = os.getloadavg()[0]
+    runs_of: dict[str, list[dict]] = {name: [] for name in commands}
+    digests: list[dict[str, str]] = []
+    for repeat in range(args.repeats):  # the configurations alternate, so a load change hits both
+        for name, command in commands.items():
+            if name == "single_process":
+                shutil.rmtree(work / "out-single", ignore_errors=True)  # the baseline has no overwrite logic
+            runs_of[name].append(one_run(command, env, work / f"{name}-{repeat}.log", args.rows))
+        if "single_process" in commands:
+            digests.append({name: rows_digest(str(work / out)) for name, out in OUTPUTS.items()})
+    for name, runs in runs_of.items():
+        result[name] = {"median": summary(runs), "spread": spread(runs), "runs": runs}
+    result["repeats"] = args.repeats
+    result["loadavg_start_end"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+    if "single_process" in commands:
+        seconds = {name: result[name]["median"]["seconds"] for name in commands}
+        result["ray_speedup"] = round(seconds["single_process"] / seconds["ray"], 2)
+        result["same_rows"] = all(d["ray"] == d["single_process"] for d in digests)
     print(json.dumps(result))
+    if not result.get("same_rows", True):
+        raise SystemExit("Ray and the single-process baseline wrote different rows")
+
+
+OUTPUTS = {"ray": "out-ray", "single_process": "out-single"}
+
+
+def one_run(command: list[str], env: dict[str, str], log: Path, rows: int) -> dict:
+    """Run one configuration once and read its stats line."""
+    measured = measure(command, env, log)
+    stats = json.loads(measured["stdout"].strip().splitlines()[-1])
+    run = {
+        "seconds": round(measured["seconds"], 2),
+        "job_seconds": stats["seconds"],
+        "rows_per_s": round(rows / measured["seconds"]),
+        "cpu_seconds": round(measured["cpu_seconds"], 1),
+        "peak_rss_mb": round(measured["peak_rss_mb"]),
+        "peak_pss_mb": round(measured["peak_pss_mb"]),
+        "peak_processes": measured["peak_processes"],
+        "rows_out": stats["rows_out"],
+        "rows_rejected": stats["rows_rejected"],
+    }
+    if "phase_seconds" in stats:
+        run["phase_seconds"] = stats["phase_seconds"]
+    return run
+
+
+SUMMARISED = ("seconds", "job_seconds", "rows_per_s", "cpu_seconds", "peak_rss_mb", "peak_pss_mb")
+
+
+def summary(runs: list[dict]) -> dict:
+    """The median of each figure over the repeats."""
+    return {key: round(float(np.median([run[key] for run in runs])), 2) for key in SUMMARISED}
+
+
+def spread(runs: list[dict]) -> dict:
+    """[min, max] of each figure over the repeats."""
+    return {key: [min(run[key] for run in runs), max(run[key] for run in runs)] for key in SUMMARISED}
 
 
 if __name__ == "__main__":
