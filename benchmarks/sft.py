@@ -1,6 +1,6 @@
 """Benchmark `geor sft` on Ray Train against bare TRL + DeepSpeed in one process, same work.
 
-    python benchmarks/sft.py [--steps 200] [--rows 600] [--repeats 2] [--zero-stage 2]
+    python benchmarks/sft.py [--steps 200] [--rows 600] [--repeats 3] [--zero-stage 2]
 
 Builds the tiny model and a prepared synthetic world once (``geor make-tiny-model``, ``geor
 make-world``, ``geor prepare``, cached under ``--workdir``), then runs, each in its own process
@@ -33,7 +33,9 @@ time of every process of each run's tree (driver, Ray daemons, workers) every 0.
 ``cores_during_steady_steps`` shows where CPU goes during the steady-state steps, and
 ``tree_cpu_s_per_step`` is the whole run's CPU per step, Ray's own processes included.
 
-Prints one JSON object: every run, the best of each configuration, and the ratios. Stop it with
+Prints one JSON object: every run, the median and [min, max] of each configuration, the ratios of
+the medians to ``bare``, and ``same_learning`` (the median train losses, which must agree within
+``sft_report.LOSS_TOLERANCE``: the script exits 1 when they do not). Stop it with
 Ctrl-C (SIGINT), which reaches the child and lets a Ray driver shut its cluster down.
 """
 
@@ -56,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.process_tree_cpu import measure  # noqa: E402
-from benchmarks.sft_report import BEST_OF, RATIOS, summarise  # noqa: E402
+from benchmarks.sft_report import compare, summarise  # noqa: E402
 
 PRESET = "test"
 RAY_CPUS = 2
@@ -278,7 +280,7 @@ def main() -> None:
     parser.add_argument("--countries", type=int, default=4)
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--zero-stage", type=int, choices=(0, 2, 3), default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--threads",
         type=int,
@@ -331,7 +333,6 @@ def main() -> None:
                 f"{name} #{repeat}: {summary['steady_s_per_step']} s/step, {seconds:.1f} s", file=sys.stderr
             )
 
-    best = {name: {key: min(r[key] for r in found) for key in BEST_OF} for name, found in runs.items()}
     result: dict[str, Any] = {
         "preset": PRESET,
         "overrides": {
@@ -343,15 +344,13 @@ def main() -> None:
         "world_rows": args.rows,
         "torch_threads_per_process": args.threads or "default",
         "cpus": os.cpu_count(),
-        "best": best,
+        "repeats": args.repeats,
+        **compare(runs),
+        "runs": runs,
     }
-    if "bare" in best:
-        for name in (n for n in names if n != "bare"):
-            result[f"{name}/bare"] = {
-                ratio: round(best[name][key] / best["bare"][key], 3) for ratio, key in RATIOS.items()
-            }
-    result["runs"] = runs
     print(json.dumps(result, indent=1))
+    if not result.get("same_learning", {}).get("ok", True):
+        raise SystemExit(f"the configurations did not learn the same: {result['same_learning']}")
 
 
 if __name__ == "__main__":

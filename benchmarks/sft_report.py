@@ -1,5 +1,7 @@
 """The report of `benchmarks/sft.py`: one run's marks turned into per-step and fixed costs, and the
-keys compared across configurations (best of the repeats, ratios to the bare baseline)."""
+keys compared across configurations (median and spread of the repeats, ratios of the medians to the
+bare baseline) and the check that every configuration learned the same (its mean train loss
+within ``LOSS_TOLERANCE`` of the baseline's, same seed and data)."""
 
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ def summarise(
         "worker_runqueue_wait_s_per_step": round((waits[-1] - waits[warmup - 1]) / (steps - warmup), 5),
         "first_steps_s": round(ends[warmup - 1] - w_marks["train_begin"], 2),
         "trainer_s_per_step": round(metrics["train_runtime"] / steps, 5),  # includes the final save
+        "train_loss": metrics["train_loss"],
         "end_to_end_s": round(seconds, 2),
         "fixed_s": round(seconds - steady * steps, 2),
         "phases_s": {k: round(v, 2) for k, v in phases.items()},
@@ -57,7 +60,8 @@ def summarise(
     }
 
 
-BEST_OF = (
+LOSS_TOLERANCE = 0.02  # relative: equal seeds and global batch, so only float reduction order differs
+COMPARED = (
     "steady_s_per_step",
     "median_s_per_step",
     "worker_cpu_s_per_step",
@@ -72,3 +76,31 @@ RATIOS = {
     "tree_cpu_per_step": "tree_cpu_s_per_step",
     "end_to_end": "end_to_end_s",
 }
+
+
+def compare(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Median and [min, max] of each compared key per configuration, the ratios of the medians to
+    ``bare`` (when it ran) and the train-loss check."""
+
+    def median(values: list[float]) -> float:
+        ordered = sorted(values)
+        middle = len(ordered) // 2
+        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+    keys = (*COMPARED, "train_loss")
+    report: dict[str, Any] = {
+        "median": {name: {k: round(median([r[k] for r in found]), 5) for k in keys} for name, found in runs.items()},
+        "spread": {name: {k: [min(r[k] for r in found), max(r[k] for r in found)] for k in keys}
+                   for name, found in runs.items()},
+    }  # fmt: skip
+    if "bare" in runs:
+        base = report["median"]["bare"]
+        for name in (n for n in runs if n != "bare"):
+            report[f"{name}/bare"] = {ratio: round(report["median"][name][key] / base[key], 3)
+                                      for ratio, key in RATIOS.items()}  # fmt: skip
+        losses = {name: report["median"][name]["train_loss"] for name in runs}
+        off = {
+            name: loss for name, loss in losses.items() if abs(loss / base["train_loss"] - 1) > LOSS_TOLERANCE
+        }
+        report["same_learning"] = {"train_loss": losses, "tolerance": LOSS_TOLERANCE, "ok": not off}
+    return report
