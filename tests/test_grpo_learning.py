@@ -8,13 +8,15 @@ The held-out measure: geor_core.training.sampled_reward (the same code as `geor 
 ``sampled_reward`` column), ``SAMPLES_PER_ROW`` completions per val and test row (fixed seeds,
 temperature ``grpo.temperature``) from the SFT export and from the GRPO export, scored with the
 run's reward config; the means are compared with a margin (``MIN_HELD_OUT_GAIN``), not a bare
-``>``. The settings and the margin come from repeated measurement (docs/benchmarks.md, "Does GRPO
+``>``. The SFT start is scored on this process's thread pool while GRPO trains on its Ray Train
+worker: generation takes one torch thread, the worker another core. The settings and the margin come from repeated measurement (docs/benchmarks.md, "Does GRPO
 learn?"; benchmarks/grpo_vs_sft.py has the cross-seed runs).
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -55,9 +57,10 @@ def test_grpo_raises_the_sampled_policys_reward_over_training_and_on_held_out_ro
 ):
     cfg = load_config(PRESET)
     rows = held_out_rows(prepared_world)
-    before = policy_scores(sft_checkpoint.export_uri, rows, cfg)
-
-    result = run_grpo(cfg, prepared_world, sft_checkpoint.export_uri, str(tmp_path))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        scoring_the_start = pool.submit(policy_scores, sft_checkpoint.export_uri, rows, cfg)
+        result = run_grpo(cfg, prepared_world, sft_checkpoint.export_uri, str(tmp_path))
+        before = scoring_the_start.result()
     assert result.global_step == cfg.grpo.max_steps
     after = policy_scores(result.export_uri, rows, cfg)
 
