@@ -1,8 +1,8 @@
 """Benchmark reward scoring: on one core in process, and through the GRPO reward actor pool on Ray.
 
     python benchmarks/rewards.py [--n 1000000] [--batch-size 1024] [--group-size 4] [--seed 0]
-                                 [--section all|single_core|ray_pool] [--ray-completions 65536]
-                                 [--grpo-step-s 0.5]
+                                 [--repeats 3] [--section all|single_core|ray_pool]
+                                 [--ray-completions 65536] [--grpo-step-s 0.5]
 
 Builds N completions with a realistic mix (truth: real MP-16 photo coordinates labelled by the
 gazetteer, G completions per truth row as in GRPO): 70% valid
@@ -11,7 +11,9 @@ with an out-of-range pair, 10% garbage without any pair, 5% an answer without ta
 inside the answer. Then scores them in batches of ``--batch-size`` with
 geor_core.scoring.rewards.score_completions, the process pinned to one CPU. Prints one JSON object; its
 section ``single_core`` has, per configuration, the completions scored per second by wall clock and by process CPU time
-(``*_per_s`` / ``*_cpu_per_s``; CPU time is the fairer figure on a shared machine):
+(``*_per_s`` / ``*_cpu_per_s``; CPU time is the fairer figure on a shared machine), the median
+of ``--repeats`` runs of each configuration in an order rotated every repeat, with [min, max] and
+the load average beside:
 
 - ``parse``: geor_core.geo.parse.parse_many alone;
 - ``no_region``: parse + distance + format + chain (region weights 0: no region work);
@@ -30,6 +32,10 @@ the driver, for the Ray overhead. ``reward_wait_share`` is the 64-completion p95
 ``--grpo-step-s`` (default 0.5 s, a tiny-preset GRPO step): the target is < 2% of step time
 (docs/design.md). Ray's ``num_cpus`` is a reservation, not a cap: 0.25 and 0.5 differ only in
 how many actors fit. The machine's load average is printed beside, since other jobs share it.
+
+The script exits 1 when outputs differ: a single-core configuration whose output digest changes
+between repeats, or a pool whose scores of a 1,024-completion batch are not exactly the
+in-process ones (``same_scores_as_in_process``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ import argparse
 import json
 import os
 import random
+import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -108,14 +116,22 @@ def build_batch(n: int, group_size: int, seed: int) -> tuple[list[str], dict[str
     return completions, truth
 
 
-def per_second(n: int, work: Callable[[], None]) -> tuple[float, float]:
+def per_second(n: int, work: Callable[[], float]) -> tuple[float, float, float]:
+    """(completions per wall second, per CPU second, the digest ``work`` returns)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    work()
-    return n / (time.perf_counter() - wall), n / (time.process_time() - cpu)
+    digest = work()
+    return n / (time.perf_counter() - wall), n / (time.process_time() - cpu), digest
+
+
+def median_and_spread(values: list[float]) -> dict[str, int]:
+    return {"median": round(statistics.median(values)), "min": round(min(values)), "max": round(max(values))}
 
 
 def single_core(args: argparse.Namespace) -> dict[str, object]:
-    """Completions per second of parse and score_completions, the process pinned to one CPU."""
+    """Completions per second of parse and score_completions, the process pinned to one CPU: every
+    configuration once per repeat, in an order rotated each repeat; medians and [min, max]. Each
+    run returns a digest of its output (sum of lat and format for parse, of ``combined`` for the
+    scores): a configuration whose digest changes between repeats is reported."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     completions, truth = build_batch(args.n, args.group_size, args.seed)  # loads the gazetteer too
@@ -127,25 +143,47 @@ def single_core(args: argparse.Namespace) -> dict[str, object]:
         "text_region": replace(base, region_source="text"),
         "point_region": replace(base, region_source="point"),
     }
+
+    def parse_all() -> float:
+        digest = 0.0
+        for batch in batches:
+            parsed = parse_many(completions[batch])
+            digest += float(np.nansum(parsed.lat)) + float(parsed.format_ok.sum())
+        return digest
+
+    def score_all(cfg: RewardConfig) -> Callable[[], float]:
+        def run() -> float:
+            return sum(
+                float(score_completions(completions[batch], every_truth[batch], cfg)["combined"].sum())
+                for batch in batches
+            )
+
+        return run
+
+    works = {"parse": parse_all, **{name: score_all(cfg) for name, cfg in configs.items()}}
+    names = list(works)
+    runs: dict[str, dict[str, list[float]]] = {name: {"per_s": [], "cpu_per_s": []} for name in names}
+    digests: dict[str, set[float]] = {name: set() for name in names}
+    load_before = round(os.getloadavg()[0], 2)
+    for repeat in range(args.repeats):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            wall_rate, cpu_rate, digest = per_second(args.n, works[name])
+            runs[name]["per_s"].append(wall_rate)
+            runs[name]["cpu_per_s"].append(cpu_rate)
+            digests[name].add(round(digest, 6))
     result: dict[str, object] = {
         "n": args.n,
         "batch_size": args.batch_size,
         "group_size": args.group_size,
         "cores": 1,
+        "repeats": args.repeats,
+        "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)],
     }
-
-    def parse_all() -> None:
-        for batch in batches:
-            parse_many(completions[batch])
-
-    result["parse_per_s"], result["parse_cpu_per_s"] = per_second(args.n, parse_all)
-    for name, cfg in configs.items():
-
-        def score_all(cfg: RewardConfig = cfg) -> None:
-            for batch in batches:
-                score_completions(completions[batch], every_truth[batch], cfg)
-
-        result[f"{name}_per_s"], result[f"{name}_cpu_per_s"] = per_second(args.n, score_all)
+    for name in names:  # the medians, under the keys the docs quote
+        result[f"{name}_per_s"] = median_and_spread(runs[name]["per_s"])["median"]
+        result[f"{name}_cpu_per_s"] = median_and_spread(runs[name]["cpu_per_s"])["median"]
+    result["spread_cpu_per_s"] = {name: median_and_spread(runs[name]["cpu_per_s"]) for name in names}
+    result["same_output_every_repeat"] = {name: len(digests[name]) == 1 for name in names}
     sample = score_completions(completions[:10_000], every_truth[:10_000], configs["text_region"])
     result["mix"] = {
         "parse_failed": float(sample["parse_failed"].mean()),
@@ -153,7 +191,12 @@ def single_core(args: argparse.Namespace) -> dict[str, object]:
         "chain": float(sample["chain"].mean()),
         "mean_text_region": float(sample["region"].mean()),
     }
-    return {k: round(v) if isinstance(v, float) else v for k, v in result.items()}
+    return result
+
+
+def same_scores(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    """Every component equal, NaN where NaN."""
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
 
 
 def timed_calls(score: Callable[[slice], object], batch_size: int, calls: int, n: int) -> dict[str, float]:
@@ -215,6 +258,10 @@ def ray_pool(args: argparse.Namespace, cpus: set[int]) -> dict[str, object]:
             timings: dict[str, object] = {"start_s": round(time.perf_counter() - began, 2)}
             for _ in range(5):  # warm-up: first calls pay for the worker's imports and caches
                 pool.score(*batch_args(slice(0, 64)))
+            check = slice(0, 1024)
+            timings["same_scores_as_in_process"] = same_scores(
+                pool.score(*batch_args(check)), score_completions(*batch_args(check), cfg=cfg)
+            )
             for size in batch_sizes:
                 timings[f"batch_{size}"] = timed_calls(
                     lambda rows, pool=pool: pool.score(*batch_args(rows)), size, calls_for(size), n
@@ -238,6 +285,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--group-size", type=int, default=4, help="completions per truth row (GRPO's G)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="single_core: runs of each configuration")
     parser.add_argument("--section", choices=("all", "single_core", "ray_pool"), default="all")
     parser.add_argument("--ray-completions", type=int, default=65_536, help="distinct completions (ray_pool)")
     parser.add_argument("--grpo-step-s", type=float, default=0.5, help="GRPO step time to compare with")
@@ -249,6 +297,19 @@ def main() -> None:
     if args.section in ("all", "ray_pool"):
         result["ray_pool"] = ray_pool(args, cpus)
     print(json.dumps(result, indent=2))
+    differ = [
+        name
+        for name, same in result.get("single_core", {}).get("same_output_every_repeat", {}).items()
+        if not same
+    ]
+    differ += [
+        pool
+        for pool, timings in result.get("ray_pool", {}).items()
+        if isinstance(timings, dict) and timings.get("same_scores_as_in_process") is False
+    ]
+    if differ:
+        print(f"outputs differ: {differ}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
