@@ -36,7 +36,6 @@ import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +45,10 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.repeats import median_and_spread  # noqa: E402
+
 PRESET = "test"
 RAY_CPUS = 2
 CONFIGS = {"bare": 1, "ray_1_worker": 1, "ray_2_workers": 2}  # name -> workers
@@ -246,7 +249,7 @@ def main() -> None:
 
     keys = ("steady_s_per_step", "median_s_per_step", "end_to_end_s", "fixed_s", "reward_share_of_step",
             "train_reward")  # fmt: skip
-    median = {name: {k: statistics.median(r[k] for r in found) for k in keys} for name, found in runs.items()}
+    median, spread = median_and_spread(runs, keys)
     result: dict[str, Any] = {
         "preset": PRESET,
         "overrides": {
@@ -259,10 +262,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "repeats": args.repeats,
         "median": median,
-        "spread": {
-            name: {k: [min(r[k] for r in found), max(r[k] for r in found)] for k in keys}
-            for name, found in runs.items()
-        },
+        "spread": spread,
         "targets": {"ray_1_worker/bare per step": "<= 1.15", "reward share of a step": "< 0.02"},
     }
     if "bare" in median:

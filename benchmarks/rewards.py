@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -59,6 +58,10 @@ from geor_core.geo import gazetteer
 from geor_core.geo.countries import country_name
 from geor_core.geo.parse import parse_many
 from geor_core.scoring.rewards import Truth, score_completions
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.repeats import Runs, median_and_spread  # noqa: E402
 
 MP16 = Path(__file__).resolve().parents[1] / "data" / "mp16_coords_100k.csv"
 THINK = [
@@ -123,10 +126,6 @@ def per_second(n: int, work: Callable[[], float]) -> tuple[float, float, float]:
     return n / (time.perf_counter() - wall), n / (time.process_time() - cpu), digest
 
 
-def median_and_spread(values: list[float]) -> dict[str, int]:
-    return {"median": round(statistics.median(values)), "min": round(min(values)), "max": round(max(values))}
-
-
 def single_core(args: argparse.Namespace) -> dict[str, object]:
     """Completions per second of parse and score_completions, the process pinned to one CPU: every
     configuration once per repeat, in an order rotated each repeat; medians and [min, max]. Each
@@ -162,14 +161,13 @@ def single_core(args: argparse.Namespace) -> dict[str, object]:
 
     works = {"parse": parse_all, **{name: score_all(cfg) for name, cfg in configs.items()}}
     names = list(works)
-    runs: dict[str, dict[str, list[float]]] = {name: {"per_s": [], "cpu_per_s": []} for name in names}
+    runs: Runs = {name: [] for name in names}
     digests: dict[str, set[float]] = {name: set() for name in names}
     load_before = round(os.getloadavg()[0], 2)
     for repeat in range(args.repeats):
         for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
             wall_rate, cpu_rate, digest = per_second(args.n, works[name])
-            runs[name]["per_s"].append(wall_rate)
-            runs[name]["cpu_per_s"].append(cpu_rate)
+            runs[name].append({"per_s": wall_rate, "cpu_per_s": cpu_rate})
             digests[name].add(round(digest, 6))
     result: dict[str, object] = {
         "n": args.n,
@@ -179,10 +177,11 @@ def single_core(args: argparse.Namespace) -> dict[str, object]:
         "repeats": args.repeats,
         "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)],
     }
+    median, spread = median_and_spread(runs, ("per_s", "cpu_per_s"))
     for name in names:  # the medians, under the keys the docs quote
-        result[f"{name}_per_s"] = median_and_spread(runs[name]["per_s"])["median"]
-        result[f"{name}_cpu_per_s"] = median_and_spread(runs[name]["cpu_per_s"])["median"]
-    result["spread_cpu_per_s"] = {name: median_and_spread(runs[name]["cpu_per_s"]) for name in names}
+        result[f"{name}_per_s"] = round(median[name]["per_s"])
+        result[f"{name}_cpu_per_s"] = round(median[name]["cpu_per_s"])
+    result["spread_cpu_per_s"] = {name: [round(v) for v in spread[name]["cpu_per_s"]] for name in names}
     result["same_output_every_repeat"] = {name: len(digests[name]) == 1 for name in names}
     sample = score_completions(completions[:10_000], every_truth[:10_000], configs["text_region"])
     result["mix"] = {

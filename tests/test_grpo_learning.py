@@ -9,8 +9,9 @@ The held-out measure: geor_core.training.sampled_reward (the same code as `geor 
 temperature ``grpo.temperature``) from the SFT export and from the GRPO export, scored with the
 run's reward config; the means are compared with a margin (``MIN_HELD_OUT_GAIN``), not a bare
 ``>``. The SFT start is scored on this process's thread pool while GRPO trains on its Ray Train
-worker: generation takes one torch thread, the worker another core. The settings and the margin come from repeated measurement (docs/benchmarks.md, "Does GRPO
-learn?"; benchmarks/grpo_vs_sft.py has the cross-seed runs).
+worker: generation takes one torch thread, the worker another core. The settings and the margin
+come from repeated measurement (docs/benchmarks.md, "Does GRPO learn?"; benchmarks/grpo_vs_sft.py
+has the cross-seed runs).
 """
 
 from __future__ import annotations
