@@ -115,6 +115,79 @@ def test_ambiguous_photos_lose_the_marker_or_the_state_texture(tmp_path):
     assert stripe_energy[kind == "faint_state"].max() < stripe_energy[kind == "none"].min()
 
 
+LOOKS = (("CA", 0.6), ("SE", 0.4)), (("BR", 0.7), ("NG", 0.3))
+
+
+def test_shared_looks_hide_the_country_behind_one_colour_with_the_looks_odds(tmp_path):
+    codes = ("CA", "SE", "BR", "NG")
+    spec = WorldSpec(rows=600, countries=4, country_codes=codes, shared_looks=LOOKS, shared_look_share=0.5)
+    summary = build_world(str(tmp_path), spec)
+    manifest = pd.read_csv(tmp_path / "manifest.csv", keep_default_na=False)
+    country = pd.Series(lookup(manifest["lat"].to_numpy(), manifest["lon"].to_numpy())["country_code"])
+    looks = manifest["world_look"][manifest["world_look"] != ""].value_counts().to_dict()
+    assert set(country) == set(codes) and summary["looks"] == looks
+    shared = manifest["world_ambiguity"] == "shared_look"
+    assert 0.42 < shared.mean() < 0.58
+    assert (manifest["world_group"] == np.where(shared, "ambiguous", "clean")).all()
+    pixels = _pixels(tmp_path, manifest)
+    colour = pixels.mean(axis=(1, 2))  # the look's flat colour (noise averages out)
+    for look in LOOKS:
+        name = "+".join(code for code, _ in look)
+        rows = (manifest["world_look"] == name).to_numpy()
+        in_look = country[rows].value_counts(normalize=True)
+        for code, weight in look:  # each country's share of the look's photos is its weight
+            assert abs(in_look[code] - weight) < 0.1, (name, in_look)
+        # one colour whatever the country, far from every clean photo's, and no marker
+        assert np.ptp(colour[rows], axis=0).max() < 3.0
+        assert np.abs(colour[~shared.to_numpy()][:, None] - colour[rows][None]).max(axis=2).min() > 10
+        assert pixels[rows].min(axis=3).min(axis=(1, 2)).min() > 60  # the marker is RGB 15
+
+
+def test_the_render_shift_is_its_own_manifest_and_leaves_the_world_unchanged(tmp_path):
+    plain, shifted = (
+        WorldSpec(rows=60, countries=2, seed=5),
+        WorldSpec(rows=60, countries=2, seed=5, shifted_rows=20),
+    )
+    build_world(str(tmp_path / "plain"), plain)
+    build_world(str(tmp_path / "shifted"), shifted)
+    assert (
+        _files(tmp_path / "plain")["images/world-s5-000007.jpg"]
+        == (tmp_path / "shifted/images/world-s5-000007.jpg").read_bytes()
+    )
+    main_rows = pd.read_csv(tmp_path / "shifted/manifest.csv")
+    extra = pd.read_csv(tmp_path / "shifted/shifted/manifest.csv")
+    assert len(main_rows) == 60 and len(extra) == 20 and set(extra["world_group"]) == {"shifted"}
+    assert not set(extra["id"]) & set(main_rows["id"])
+    # the marker: lighter, and its flat 5 x 5 patch carries about twice the pixel noise
+    for rows, folder, shade, noise in (
+        (main_rows, "shifted", (0, 40), (4, 10)),
+        (extra, "shifted/shifted", (50, 95), (12, 25)),
+    ):
+        gray = _pixels(tmp_path / folder, rows).mean(axis=3)
+        windows = np.lib.stride_tricks.sliding_window_view(gray, (MARKER_PX, MARKER_PX), axis=(1, 2))
+        windows = windows.reshape(len(gray), -1, MARKER_PX * MARKER_PX)
+        darkest = windows[np.arange(len(gray)), windows.mean(axis=2).argmin(axis=1)]
+        assert shade[0] < np.median(darkest.mean(axis=1)) < shade[1], folder
+        assert noise[0] < np.median(darkest.std(axis=1)) < noise[1], folder
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"shared_looks": ((("CA", 0.6), ("SE", 0.5)),), "shared_look_share": 0.3}, "sum to 1"),
+        ({"shared_looks": ((("CA", 0.6), ("JP", 0.4)),), "shared_look_share": 0.3}, "one of country_codes"),
+        ({"shared_looks": ((("CA", 1.0),),), "shared_look_share": 0.3}, "2\\+ countries"),
+        ({"shared_looks": LOOKS}, "go together"),
+        ({"shared_look_share": 0.3}, "go together"),
+        ({"country_codes": ("CA", "CA", "SE", "NG")}, "distinct codes"),
+    ],
+)
+def test_bad_shared_looks_are_clear_errors(changes, message):
+    base = {"rows": 10, "countries": 4, "country_codes": ("CA", "SE", "BR", "NG")}
+    with pytest.raises(ValueError, match=message):
+        WorldSpec(**(base | changes))
+
+
 def test_rebuild_skips_same_world_and_refuses_another(tmp_path):
     spec = WorldSpec(rows=30, countries=2, seed=0)
     assert "skipped" not in build_world(str(tmp_path), spec)
@@ -130,6 +203,8 @@ def test_bad_world_sizes_are_clear_errors():
         choose_places(500, seed=0)
     with pytest.raises(ValueError, match="ambiguous_share"):
         WorldSpec(rows=10, ambiguous_share=1.5)
+    with pytest.raises(ValueError, match=r"\['XX'\] cannot be in a world.*usable: AF"):
+        choose_places(2, seed=0, country_codes=("CA", "XX"))
 
 
 def test_make_world_command_writes_to_s3(s3_server, s3_prefix, capsys, monkeypatch):

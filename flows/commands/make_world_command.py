@@ -42,14 +42,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(
         args, {"rows": "data.world_rows", "seed": "data.world_seed", "countries": "data.world_countries"}
     )
-    data = cfg.data
-    spec = WorldSpec(
-        rows=data.world_rows,
-        countries=data.world_countries,
-        image_size=data.world_image_size,
-        seed=data.world_seed,
-        ambiguous_share=data.world_ambiguous_share,
-    )
+    try:
+        spec = WorldSpec.from_config(cfg.data)
+    except ValueError as exc:
+        raise UserFacingError(str(exc)) from exc
     started = time.perf_counter()
     try:
         payload = build_world(args.output, spec, overwrite=args.overwrite)

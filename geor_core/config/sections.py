@@ -30,6 +30,26 @@ class DataConfig:
         doc="share of world photos made ambiguous (half lose the position marker, half get a faint state "
         "texture), so the best guess is not the one exact answer: where GRPO's distance reward has an edge",
     )
+    world_country_codes: list = _list(
+        [], "the world's countries by ISO alpha-2 code, instead of `world_countries` drawn by the seed"
+    )
+    world_shared_looks: list = _list(
+        [],
+        'looks shared by several of `world_country_codes`, each "CA:0.6,SE:0.4" (country:weight, '
+        "weights summing to 1): a flat colour of its own, no stripes, no marker",
+    )
+    world_shared_look_share: float = _range(
+        0.0,
+        0.0,
+        1.0,
+        doc="share of world photos drawn from a shared look (a look uniformly, its country by weight)",
+    )
+    world_shifted_rows: int = _range(
+        0,
+        0,
+        doc="extra photos with a render shift (more noise, lighter marker, other stripe periods), written to "
+        "`shifted/manifest.csv`: an out-of-distribution evaluation set",
+    )
 
 
 @dataclass
