@@ -8,9 +8,9 @@ We follow the paper (Geo-R, AAAI 2026), not the authors' public code:
   Variant ``exp``: ``exp(-d / tau_km)``.
 - format: 1 iff the answer holds exactly one in-range coordinate pair (geor_core.geo.parse).
 - combination ``product``: distance x format (the paper).
-The authors' public code differs: its piecewise breakpoint is 3000 km instead of 2500, its format
-check is a regex left over from a bounding-box answer format, and it sums the rewards instead of
-multiplying them. We implement the paper's formulas.
+The authors' public code differs from the paper in six ways (its parser, range check, breakpoint,
+format regex, summed rewards and temperature; docs/design.md, "Rewards", lists each with what we
+do). We implement the paper's formulas.
 
 Ours, beyond the paper:
 - chain: 1 iff the answer names Country, State, City and Coordinates, each once, in that order.
