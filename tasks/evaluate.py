@@ -68,7 +68,7 @@ from tasks.evaluation_logging import log_comparison, log_model_run
 from tasks.inference_actor import Decoding
 from tasks.training_run import check_model_source
 
-INPUT_COLUMNS = ["id", "split", "image", *dict.fromkeys(PREPARED_TRUTH.values())]
+INPUT_COLUMNS = ["id", "split", "group", "image", *dict.fromkeys(PREPARED_TRUTH.values())]
 _LABEL_RE = re.compile(r"^([A-Za-z0-9][\w.\-]{0,63})=(.+)$")
 MODELS_DIR = "models"
 SAMPLED_FILE = "sampled_reward.json"

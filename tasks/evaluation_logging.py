@@ -6,6 +6,7 @@ model's headline metrics and sampled reward as ``<label>/<metric>``) and one chi
 from __future__ import annotations
 
 import io
+import re
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -61,6 +62,9 @@ def log_model_run(cfg: GeorConfig, evaluation: ModelEvaluation, directory: str) 
         )
         for split, result in report.splits.items():
             metrics |= _numeric({key: result.get(key) for key in METRIC_KEYS}, f"{split}/")
+        for group, result in report.groups.items():
+            name = re.sub(r"[^\w.\-]+", "_", group)  # what MLflow accepts in a metric name
+            metrics |= _numeric({key: result.get(key) for key in (*METRIC_KEYS, "reward")}, f"group/{name}/")
         if evaluation.sampled:
             metrics["sampled_reward"] = evaluation.sampled["combined"]
             metrics |= _numeric(evaluation.sampled, "sampled/")

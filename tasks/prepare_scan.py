@@ -74,7 +74,7 @@ def _scan_file(file: ManifestFile, prepare: PrepareConfig) -> FileScan:
 
 def _roles(columns: list[str], prepare: PrepareConfig, where: str) -> ColumnRoles:
     return resolve_columns(
-        columns, prepare.id_col, prepare.image_col, prepare.lat_col, prepare.lon_col, where
+        columns, prepare.id_col, prepare.image_col, prepare.lat_col, prepare.lon_col, where, prepare.group_col
     )
 
 

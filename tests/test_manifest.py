@@ -143,6 +143,27 @@ def test_column_roles_follow_the_config_and_name_what_is_missing():
         resolve_columns(["lat", "lon"], "id", "image", "lat", "lon", "m.csv")
 
 
+def test_a_group_column_is_copied_into_each_kept_row_and_a_missing_one_is_named():
+    table = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "image": ["a.jpg", "b.jpg", "c.jpg"],
+            "lat": ["48.7758", "x", "-33.8688"],
+            "lon": ["9.1829", "1", "151.2093"],
+            "Kind": [" clean ", "ambiguous", None],
+        }
+    )
+    images = reference_rule(["file"], "/photos", ["/photos"])
+    roles = resolve_columns(table.column_names, "id", "image", "lat", "lon", "m.csv", group_col="kind")
+    assert roles.group == "Kind"
+    rows, reason = prepare_batch(table, roles, images, RULES)
+    assert reason.tolist() == ["", "non_numeric_lat", ""] and rows["group"].to_pylist() == ["clean", ""]
+    without, _ = prepare_batch(table, ROLES, images, RULES)
+    assert without["group"].to_pylist() == ["", ""] and without.schema == OUTPUT_SCHEMA
+    with pytest.raises(UserFacingError, match=r"m\.csv has no column prepare.group_col 'world_group'"):
+        resolve_columns(["id", "lat", "lon"], "id", "image", "lat", "lon", "m.csv", group_col="world_group")
+
+
 def test_the_first_row_of_an_id_in_manifest_order_is_kept():
     files = [pa.array(["a", "b", "a", None]), pa.array(["c", "b", "", "a"])]
     hashed = [hash_ids(ids) for ids in files]

@@ -64,6 +64,11 @@ class PrepareConfig:
     image_col: str = _plain("image", "image reference column (a path or URI)")
     lat_col: str = _plain("lat", "latitude column (degrees)")
     lon_col: str = _plain("lon", "longitude column (degrees)")
+    group_col: str = _plain(
+        "",
+        "column copied into each row's `group` (e.g. `world_group` of `geor make-world`), so `geor evaluate` "
+        "reports metrics per group; empty: no groups",
+    )
     images_root: str = _plain(
         "",
         "base of relative image references; default: the manifest's folder. Local references must lie "

@@ -6,7 +6,8 @@ Each row gets the first reason that applies ("" = kept), checked in this order: 
 ``image_scheme_not_allowed``, ``image_outside_root``: geor_core/data/image_refs.py), the coordinate
 reasons of ``geo.validate_coordinates``, then with image checks ``image_missing`` /
 ``image_unreadable`` / ``image_undecodable``. Kept rows are reverse-geocoded with one batched
-gazetteer query, get their CoR target (``cor.cor_targets``) and a split.
+gazetteer query, get their CoR target (``cor.cor_targets``), a split, and their ``group`` (the
+``prepare.group_col`` cell, "" without one).
 
 A row's split depends only on its id and the seed: the keyed siphash-2-4 of the id's UTF-8
 bytes (``pandas.util.hash_array`` with a key derived from the seed), mapped to [0, 1) and cut at
@@ -71,6 +72,9 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("settlement_km", pa.float64(), nullable=False),
         pa.field("target", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
+        pa.field(
+            "group", pa.string()
+        ),  # prepare.group_col's value, "" without one (null: written before groups)
         pa.field("source_fingerprint", pa.string(), nullable=False),
     ]
 )
@@ -137,7 +141,9 @@ def prepare_batch(
         reason[pending_rows] = check_images(uris.take(pa.array(uri_of_row[pending_rows])).to_pylist())
     keep = np.flatnonzero(reason == "")
     kept_images = uris.take(pa.array(uri_of_row[keep]))
-    kept_rows = _training_rows(ids.take(pa.array(keep)), kept_images, lat[keep], lon[keep], rules)
+    groups = _trimmed(table[roles.group]) if roles.group is not None else pa.nulls(n, pa.string())
+    groups = pc.fill_null(groups.take(pa.array(keep)), "")
+    kept_rows = _training_rows(ids.take(pa.array(keep)), kept_images, lat[keep], lon[keep], groups, rules)
     return kept_rows, reason
 
 
@@ -180,7 +186,7 @@ def _settlement_columns() -> dict[str, pa.Array]:
 
 
 def _training_rows(
-    ids: pa.Array, images: pa.Array, lat: np.ndarray, lon: np.ndarray, rules: RowRules
+    ids: pa.Array, images: pa.Array, lat: np.ndarray, lon: np.ndarray, groups: pa.Array, rules: RowRules
 ) -> pa.Table:
     settlement_index, settlement_km = gazetteer.nearest(lat, lon)
     settlement = pa.array(settlement_index)
@@ -199,6 +205,7 @@ def _training_rows(
         "settlement_km": pa.array(settlement_km, pa.float64()),
         "target": cor_targets(ids, country, state, city, pa.array(lat), pa.array(lon), rules.seed),
         "split": assign_splits(ids, names["country_code"], rules),
+        "group": groups,
         "source_fingerprint": pa.array(
             np.full(len(ids), rules.source_fingerprint, dtype=object), pa.string()
         ),

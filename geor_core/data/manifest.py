@@ -72,6 +72,7 @@ class ColumnRoles:
     image: str | None
     lat: str
     lon: str
+    group: str | None = None  # copied into each row's ``group``; None: no group column
 
 
 def manifest_format(uri: str) -> str | None:
@@ -148,11 +149,18 @@ def _folder(file_uri: str) -> str:
 
 
 def resolve_columns(
-    columns: list[str], id_col: str, image_col: str, lat_col: str, lon_col: str, where: str
+    columns: list[str],
+    id_col: str,
+    image_col: str,
+    lat_col: str,
+    lon_col: str,
+    where: str,
+    group_col: str = "",
 ) -> ColumnRoles:
     """Match configured column names to a file's columns: exactly, else case-insensitively if
     unique. An absent id column means the image reference is the id, and vice versa; missing
-    coordinates, or neither an id nor an image column, raise UserFacingError naming ``where``."""
+    coordinates, neither an id nor an image column, or a ``group_col`` that is set but absent,
+    raise UserFacingError naming ``where``."""
 
     def find(name: str) -> str | None:
         if not name:
@@ -163,10 +171,16 @@ def resolve_columns(
         return folded[0] if len(folded) == 1 else None
 
     roles = ColumnRoles(
-        id=find(id_col), image=find(image_col), lat=find(lat_col) or "", lon=find(lon_col) or ""
+        id=find(id_col),
+        image=find(image_col),
+        lat=find(lat_col) or "",
+        lon=find(lon_col) or "",
+        group=find(group_col),
     )
     missing = [f"{flag} {name!r}" for flag, name, got in (
         ("--lat-col", lat_col, roles.lat), ("--lon-col", lon_col, roles.lon)) if not got]  # fmt: skip
+    if group_col and roles.group is None:
+        missing.append(f"prepare.group_col {group_col!r}")
     if roles.id is None and roles.image is None:
         missing.append(f"--id-col {id_col!r} or --image-col {image_col!r}")
     if missing:

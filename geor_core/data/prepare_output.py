@@ -57,6 +57,8 @@ def check_settings(prepare: PrepareConfig) -> None:
 def content_fingerprint(prepare: PrepareConfig) -> str:
     """A hash of the settings that decide the output rows (not where or how fast they are written)."""
     settings = {k: v for k, v in asdict(prepare).items() if k not in _LAYOUT_ONLY_KEYS}
+    if not settings["group_col"]:  # unset, it hashes as before the key existed: older outputs stay valid
+        del settings["group_col"]
     if not uris.is_s3(prepare.manifest):
         settings["manifest"] = uris.filesystem(prepare.manifest)[1]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -9,7 +9,8 @@ text, the parsed ``country``/``state``/``city``/``lat``/``lon``, ``format_ok``, 
 ``parse_error``; ``point_country_code``/``point_state``/``point_city``, the gazetteer's reading
 of the predicted point; and Chain-of-Region consistency: ``cor_country_consistent`` (the named
 country is the one the gazetteer places the point in) and ``cor_state_consistent`` (country and
-state both). With the truth (``EVALUATION_SCHEMA``) also: ``split``, the truth columns
+state both). With the truth (``EVALUATION_SCHEMA``) also: ``split``, ``group`` (the prepared row's, "" when
+none), the truth columns
 (``truth_lat`` ... ``truth_city``), ``error_km`` (Haversine, NaN when missing), the level
 matches of the named levels against the truth (the ``text`` comparison of the metrics) and the
 reward components of geor_core.scoring.rewards whose table entry keeps a column (``reward_distance``
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from geor_core.config import RewardConfig
 from geor_core.geo import gazetteer
@@ -71,6 +73,7 @@ def evaluation_schema() -> pa.Schema:
         [
             pa.field("id", pa.string()),
             pa.field("split", pa.string()),
+            pa.field("group", pa.string()),
             pa.field("image", pa.string()),
             *(
                 pa.field(name, pa.float64() if name in ("truth_lat", "truth_lon") else pa.string())
@@ -145,7 +148,7 @@ def evaluation_predictions(
     """Predictions scored against the truth (``EVALUATION_SCHEMA``), one row per truth row.
 
     ``truth`` has the columns of a `geor prepare` output: id, split, image, lat, lon,
-    country_code, country, state, city."""
+    country_code, country, state, city, and optionally group ("" where absent or null)."""
     n = truth.num_rows
     _check_lengths(n, completions=completions, inference_errors=inference_errors)
     known = {name: truth.column(source).to_pylist() for name, source in PREPARED_TRUTH.items()}
@@ -158,6 +161,9 @@ def evaluation_predictions(
     table = {
         "id": truth.column("id").to_pylist(),
         "split": truth.column("split").to_pylist(),
+        "group": pc.fill_null(truth.column("group"), "").to_pylist()
+        if "group" in truth.column_names
+        else [""] * n,
         "image": truth.column("image").to_pylist(),
         **known,
         **columns,
