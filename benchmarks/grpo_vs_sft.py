@@ -1,29 +1,33 @@
-"""GRPO against an equal-compute continued-SFT control, from the same SFT checkpoint.
+"""GRPO against its equal-compute continued-SFT control, on a world where RL has something to win.
 
-    python benchmarks/grpo_vs_sft.py [--rows 1500] [--countries 4] [--ambiguous-share 0.3]
-                                     [--sft-steps 300] [--grpo-steps 100] [--samples 4]
+    python benchmarks/grpo_vs_sft.py [--seeds 0,1,2] [--workdir /tmp/geor-grpo-vs-sft]
 
-Builds (cached under ``--workdir``) the tiny model and a synthetic world with graded ambiguity
-(``data.world_ambiguous_share``: a share of photos lose the position marker or get a faint state
-texture, so the one exact answer is not the distance-optimal guess: docs/design.md says that is where
-GRPO's distance reward has an edge), prepares it and fine-tunes the SFT start. Then, each from
-that SFT export, on one local 2-CPU Ray cluster through the product's own stages:
+The protocol, fixed before the first run (settings: configs/looks.yaml):
 
-- ``+GRPO product``: ``tasks.grpo.run_grpo``, the paper's reward (distance x format);
-- ``+GRPO weighted_sum``: the same with ``reward.mode=weighted_sum`` (0.6 distance + 0.1 format
-  + 0.3 region, region from the names the answer gives);
-- ``+continued SFT``: ``tasks.sft.run_sft`` for as many steps as fit in the SAME WALL-CLOCK
-  TRAINING TIME as the slower GRPO arm (its ``train_runtime``), at the s/step the SFT start
-  measured on this machine. Equal compute = equal training seconds on the same machine: what a
-  user gets for the same CPU time. (GRPO spends most of a step generating, so the control does
-  several times more optimizer steps.)
+- **World.** 4,000 photos of six named countries; 40% come from two looks shared across
+  countries (CA 0.6 / SE 0.4 and BR 0.6 / DE 0.4: flat colour, no marker, no stripes), the rest
+  are clean. benchmarks/world_looks.py chose the looks: there the paper reward's optimum lies in
+  the minority country, 0.093 and 0.149 above what greedy imitation of the targets earns.
+  `geor prepare` keeps each row's group (clean / ambiguous); splits 0.8 / 0.1 / 0.1 by id.
+- **Start.** One SFT run of the preset's steps (final weights, not the validation-loss minimum).
+  It counts as converged on clean rows when the control (the same SFT, continued) gains less than
+  the margin below on clean-row greedy reward over it; otherwise the verdict says the start was
+  not converged and the comparison is confounded.
+- **Arms, per seed** (seeds 0, 1, 2), both from the start through the product's own stages:
+  GRPO (`tasks.grpo.run_grpo`: dr_grpo, the paper reward distance x format, G = 8, temperature
+  1, beta 0.001, lr 3e-4, 100 steps of 4 prompts) and the control (`tasks.sft.run_sft`, continued
+  SFT at the same peak learning rate, constant, for as many steps as fit in GRPO's training
+  wall-clock at the start's measured seconds per step). Samples seen are reported for both.
+- **Endpoints,** greedy completions on the held-out val + test rows, scored with the paper
+  reward: primary, mean reward on ambiguous rows (GRPO - control > 0); co-primary, mean reward on
+  clean rows, non-inferior with margin 0.01 (GRPO - control > -0.01). Each by the lower bound of
+  a paired bootstrap 95% interval (rows resampled, 2,000 times; the same rows in every seed),
+  with the per-seed differences beside it. Secondary, not tested: median km per group. The
+  reward's optimum is not the km optimum (an answer in the compact minority country is far from
+  every majority-country truth), so km may get worse where the reward gets better.
 
-Every model is evaluated on the held-out val + test rows (unseen settlements): greedy decoding,
-and ``--samples`` completions per row at ``grpo.temperature`` (fixed seeds), each with the field's
-metrics (acc@25/200/750 km, median km, state match) plus the sampled mean of the paper's reward
-(distance x format) for every arm. Prints one JSON object (settings, load average, rows, verdict)
-and the table in Markdown on stderr. The verdict answers the question: does a GRPO arm beat
-the control on greedy median km? If none does, it says so.
+Prints one JSON object (protocol, per-seed figures, intervals, verdict, load average) and the
+table in Markdown on stderr. The workdir caches the world, the data and the start.
 """
 
 from __future__ import annotations
@@ -39,92 +43,83 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-PRESET = "learning"  # configs/learning.yaml: the GRPO learning test's settings, on the test preset
-ARMS = {
-    "+GRPO product": ["reward.mode=product"],
-    "+GRPO weighted_sum": ["reward.mode=weighted_sum", "reward.w_region=0.3", "reward.region_source=text"],
-}
+PRESET = "looks"
+MARGIN = 0.01  # non-inferiority on clean rows
+BOOTSTRAP = 2000
+GROUPS = ("ambiguous", "clean")
 
 
-def build_start(work: Path, args: argparse.Namespace, env: dict[str, str]) -> tuple[str, str, str]:
-    """Tiny model, ambiguous world, prepared rows and the SFT start (each skipped when done)."""
-    tag = f"{args.rows}-{args.countries}-{args.ambiguous_share}"
-    model, world, prepared, sft = (
-        work / "model",
-        work / f"world-{tag}",
-        work / f"prepared-{tag}",
-        work / f"sft-{tag}",
-    )
+def build_start(work: Path, env: dict[str, str]) -> tuple[str, str]:
+    """Tiny model, the world, its prepared rows and the SFT start (each skipped when done)."""
+    model, world, prepared, sft = work / "model", work / "world", work / "prepared", work / "sft"
     steps = [
         (model / "config.json", ["make-tiny-model", "--output", str(model)]),
-        (world / "manifest.csv", ["make-world", "--output", str(world), "--rows", str(args.rows),
-                                  "--countries", str(args.countries),
-                                  f"data.world_ambiguous_share={args.ambiguous_share}"]),
+        (world / "manifest.csv", ["make-world", "--output", str(world)]),
         (prepared / "_SUCCESS.json", ["prepare", "--manifest", str(world / "manifest.csv"), "--output", str(prepared)]),
-        (sft / "model" / "config.json", ["sft", "--data", str(prepared), "--model", str(model), "--output", str(sft),
-                                         f"sft.max_steps={args.sft_steps}"]),
+        (sft / "model" / "config.json", ["sft", "--data", str(prepared), "--model", str(model), "--output", str(sft)]),
     ]  # fmt: skip
     for done, command in steps:
         if not done.exists():
+            print(f"building {done.parent.name}", file=sys.stderr)
             subprocess.run([sys.executable, "-m", "flows", *command, "--config", PRESET], check=True,
                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL)  # fmt: skip
-    return str(model), str(prepared), str(sft / "model")
+    return str(prepared), str(sft / "model")
 
 
-def evaluate_model(model_uri: str, rows: Any, cfg: Any, samples: int) -> dict[str, Any]:
-    """Greedy and sampled metrics of one model on ``rows`` (generation on one torch thread)."""
+def greedy_rewards(model_uri: str, rows: Any, cfg: Any) -> dict[str, np.ndarray]:
+    """Per held-out row: the paper reward and the error in km of the greedy completion."""
     from geor_core.config import RewardConfig
-    from geor_core.training.sampled_reward import completion_metrics, score_policy
+    from geor_core.data.images import load_image
+    from geor_core.scoring.rewards import Truth, score_completions
+    from geor_core.training.generation import generate
+    from geor_core.training.sampled_reward import load_policy, single_torch_thread
 
-    # the paper's reward (distance x format) for every arm, whatever the arm trained on
-    greedy, sampled = score_policy(model_uri, rows, cfg, samples, reward=RewardConfig(mode="product"))
-    sampled_metrics = completion_metrics(sampled.completions, rows) | {"paper_reward": sampled.combined}
-    return {"greedy": greedy, "sampled": sampled_metrics}
+    model, processor = load_policy(model_uri, cfg)
+    images = [load_image(uri, cfg.model) for uri in rows.column("image").to_pylist()]
+    with single_torch_thread():
+        completions: list[str] = []
+        for start in range(0, len(images), 64):
+            completions += generate(
+                model, processor, images[start : start + 64], max_new_tokens=cfg.grpo.max_completion_length
+            )
+    scores = score_completions(completions, Truth.from_columns(rows), RewardConfig(mode="product"))
+    return {"reward": scores["combined"], "km": scores["distance_km"]}
 
 
-def stage_seconds(metrics: dict[str, Any]) -> float:
-    return float(metrics["train_runtime"])
+def paired_interval(
+    grpo: list[np.ndarray], control: list[np.ndarray], rng: np.random.Generator
+) -> dict[str, Any]:
+    """Mean over seeds of GRPO - control, per seed, and its paired bootstrap 95% interval over rows."""
+    diffs = np.stack([g - c for g, c in zip(grpo, control, strict=True)])  # seeds x rows
+    rows = diffs.shape[1]
+    draws = rng.integers(rows, size=(BOOTSTRAP, rows))
+    means = diffs[:, draws].mean(axis=(0, 2))
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(diffs.mean()), "per_seed": diffs.mean(axis=1).round(4).tolist(),
+            "ci95": [round(float(low), 4), round(float(high), 4)]}  # fmt: skip
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """The results as a Markdown table."""
-    keys = [("acc_25km", "@25"), ("acc_200km", "@200"), ("acc_750km", "@750"), ("median_km", "median km"),
-            ("state_match_rate", "state %")]  # fmt: skip
-    head = ["model", "train s", "steps"]
-    head += [f"greedy {label}" for _, label in keys] + [f"sampled {label}" for _, label in keys]
-    head += ["sampled reward"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [row["model"], f"{row['train_s']:.0f}", str(row["steps"])]
-        for mode in ("greedy", "sampled"):
-            for key, _ in keys:
-                value = row[mode][key]
-                cells.append("-" if value is None else f"{value:.1f}")
-        cells.append(f"{row['sampled']['paper_reward']:.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def median_km(km: np.ndarray) -> float | None:
+    located = km[~np.isnan(km)]
+    return round(float(np.median(located)), 1) if located.size else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1500)
-    parser.add_argument("--countries", type=int, default=4)
-    parser.add_argument("--ambiguous-share", type=float, default=0.3)
-    parser.add_argument("--sft-steps", type=int, default=300)
-    parser.add_argument("--grpo-steps", type=int, default=100)
-    parser.add_argument("--samples", type=int, default=4, help="sampled completions per held-out row")
-    parser.add_argument("--seed", type=int, default=0, help="grpo.seed and sft.seed of the arms")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workdir", default="/tmp/geor-grpo-vs-sft")
     args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
     started, load_start = time.time(), os.getloadavg()
-
     os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT)}
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    _, data, sft_start = build_start(work, args, env)
+    data, start = build_start(work, env)
 
     import pyarrow as pa
     import ray
@@ -132,94 +127,126 @@ def main() -> None:
     from geor_core import uris
     from geor_core.config import load_config
     from geor_core.data.dataset import read_prepared
-    from geor_core.training.grpo_setup import GRPO_COLUMNS
 
-    tag = f"{args.rows}-{args.countries}-{args.ambiguous_share}-s{args.seed}-g{args.grpo_steps}"
-    start_marker = uris.read_marker(sft_start) or {}
-    sft_s_per_step = stage_seconds(start_marker["metrics"]) / start_marker["global_step"]
-    results: list[dict[str, Any]] = [{"model": "SFT start", "train_s": 0.0, "steps": 0, "export": sft_start}]
-    grpo_settings = [f"grpo.max_steps={args.grpo_steps}", f"grpo.eval_steps={args.grpo_steps}",
-                     f"grpo.save_steps={args.grpo_steps}", f"grpo.seed={args.seed}", "grpo.logging_steps=25"]  # fmt: skip
+    cfg = load_config(PRESET)
+    rows = pa.concat_tables([read_prepared(data, split) for split in ("val", "test")])
+    group = np.array(rows.column("group").to_pylist())
+    start_marker = uris.read_marker(start) or {}
+    sft_s_per_step = float(start_marker["metrics"]["train_runtime"]) / start_marker["global_step"]
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON
-            control, arms = train_arms(work, data, sft_start, grpo_settings, tag, args.seed, sft_s_per_step)
+            runs = {seed: train_arms(work, data, start, seed, sft_s_per_step) for seed in seeds}
     finally:
         ray.shutdown()
-    results += [control, *arms]
 
-    cfg = load_config(PRESET, grpo_settings)
-    rows = pa.concat_tables([read_prepared(data, split, GRPO_COLUMNS) for split in ("val", "test")])
-    for row in results:
-        row.update(evaluate_model(row["export"], rows, cfg, args.samples))
-        print(f"evaluated {row['model']}", file=sys.stderr)
-
-    control_median = results[1]["greedy"]["median_km"]
-    verdict = {
-        row["model"]: bool(
-            row["greedy"]["median_km"] is not None and row["greedy"]["median_km"] < control_median
-        )
-        for row in results[2:]
+    start_scores = greedy_rewards(start, rows, cfg)
+    scores = {
+        seed: {arm: greedy_rewards(run["export"], rows, cfg) for arm, run in arms.items()}
+        for seed, arms in runs.items()
     }
-    markdown = table(results)
-    print(markdown, file=sys.stderr)
+    rng = np.random.default_rng(0)
+    endpoints: dict[str, Any] = {}
+    for name in GROUPS:
+        mask = group == name
+        endpoints[name] = paired_interval(
+            [scores[s]["grpo"]["reward"][mask] for s in seeds],
+            [scores[s]["control"]["reward"][mask] for s in seeds],
+            rng,
+        )
+    per_seed = [
+        {"seed": s, **{f"{arm}_{key}": value for arm in ("grpo", "control") for key, value in runs[s][arm].items() if key != "export"},
+         **{f"{arm}_reward_{g}": round(float(scores[s][arm]["reward"][group == g].mean()), 4) for arm in ("grpo", "control") for g in GROUPS},
+         **{f"{arm}_median_km_{g}": median_km(scores[s][arm]["km"][group == g]) for arm in ("grpo", "control") for g in GROUPS}}
+        for s in seeds
+    ]  # fmt: skip
+    start_clean = float(start_scores["reward"][group == "clean"].mean())
+    control_clean_gain = (
+        float(np.mean([scores[s]["control"]["reward"][group == "clean"].mean() for s in seeds])) - start_clean
+    )
+    primary = endpoints["ambiguous"]["ci95"][0] > 0
+    co_primary = endpoints["clean"]["ci95"][0] > -MARGIN
+    converged = control_clean_gain < MARGIN
+    verdict = (
+        "GRPO beats the control on ambiguous rows without losing clean rows" if primary and co_primary
+        else "GRPO does not meet both endpoints: " + ", ".join(
+            text for met, text in ((primary, "ambiguous rows not better"), (co_primary, "clean rows not non-inferior")) if not met)
+    ) + ("" if converged else f"; the start was not converged (the control gained {control_clean_gain:+.3f} on clean rows)")  # fmt: skip
+    table = markdown(per_seed, endpoints, start_scores, group)
+    print(table, file=sys.stderr)
     print(json.dumps({
-        "world": {"rows": args.rows, "countries": args.countries, "ambiguous_share": args.ambiguous_share},
-        "held_out_rows": rows.num_rows,
-        "samples_per_row": args.samples,
-        "sft_start_steps": start_marker["global_step"],
-        "sft_s_per_step": round(sft_s_per_step, 4),
-        "equal_compute": "same wall-clock training seconds as the slower GRPO arm (train_runtime)",
-        "grpo_settings": grpo_settings,
-        "arms": ARMS,
-        "grpo_beats_control_on_greedy_median_km": verdict,
-        "verdict": "GRPO beats the control on greedy median km" if any(verdict.values())
-        else "no GRPO arm beat the equal-compute SFT control on greedy median km",
+        "protocol": __doc__.split("The protocol, fixed before the first run (settings: configs/looks.yaml):")[1].split("Prints one")[0].strip(),
+        "held_out_rows": {g: int((group == g).sum()) for g in GROUPS},
+        "start": {"steps": start_marker["global_step"], "s_per_step": round(sft_s_per_step, 4),
+                  **{f"reward_{g}": round(float(start_scores["reward"][group == g].mean()), 4) for g in GROUPS},
+                  **{f"median_km_{g}": median_km(start_scores["km"][group == g]) for g in GROUPS}},
+        "per_seed": per_seed,
+        "grpo_minus_control": endpoints,
+        "primary_met": primary, "co_primary_met": co_primary, "start_converged": converged,
+        "control_clean_gain_over_start": round(control_clean_gain, 4),
+        "verdict": verdict,
         "loadavg_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "seconds": round(time.time() - started, 1),
-        "rows": results,
-        "table_markdown": markdown,
+        "table_markdown": table,
     }, indent=1, default=float))  # fmt: skip
 
 
 def train_arms(
-    work: Path,
-    data: str,
-    sft_start: str,
-    grpo_settings: list[str],
-    tag: str,
-    seed: int,
-    sft_s_per_step: float,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The GRPO arms, then the continued-SFT control given the slower arm's training seconds."""
+    work: Path, data: str, start: str, seed: int, sft_s_per_step: float
+) -> dict[str, dict[str, Any]]:
+    """GRPO, then the continued-SFT control given GRPO's training seconds."""
     from geor_core.config import load_config
     from tasks.grpo import run_grpo
     from tasks.sft import run_sft
 
-    arms = []
-    for name, reward in ARMS.items():
-        cfg = load_config(PRESET, [*grpo_settings, *reward])
-        result = run_grpo(cfg, data, sft_start, str(work / f"grpo-{name.split()[-1]}-{tag}"))
-        arms.append({"model": name, "train_s": stage_seconds(result.metrics), "steps": result.global_step,
-                     "export": result.export_uri, "settings": cfg_keys(cfg)})  # fmt: skip
-    steps = max(1, math.ceil(max(arm["train_s"] for arm in arms) / sft_s_per_step))
-    settings = [
-        f"sft.max_steps={steps}",
-        f"sft.seed={seed}",
-        "sft.eval_steps=100000",
-        "sft.save_steps=100000",
+    cfg = load_config(PRESET, [f"grpo.seed={seed}"])
+    grpo = run_grpo(cfg, data, start, str(work / f"grpo-s{seed}"))
+    seconds = float(grpo.metrics["train_runtime"])
+    steps = max(1, math.ceil(seconds / sft_s_per_step))
+    control_cfg = load_config(PRESET, [
+        f"sft.max_steps={steps}", f"sft.seed={seed}", f"sft.learning_rate={cfg.grpo.learning_rate}",
+        "sft.lr_scheduler_type=constant", f"sft.eval_steps={steps}", f"sft.save_steps={steps}",
+    ])  # fmt: skip
+    control = run_sft(control_cfg, data, start, str(work / f"control-s{seed}-{steps}"))
+    g, c = cfg.grpo, control_cfg.sft
+    return {
+        "grpo": {"export": grpo.export_uri, "train_s": round(seconds, 1), "steps": grpo.global_step,
+                 "photos_seen": grpo.global_step * g.per_device_batch_size // g.num_generations},
+        "control": {"export": control.export_uri, "train_s": round(float(control.metrics["train_runtime"]), 1),
+                    "steps": control.global_step, "photos_seen": control.global_step * c.per_device_batch_size},
+    }  # fmt: skip
+
+
+def markdown(
+    per_seed: list[dict[str, Any]], endpoints: dict[str, Any], start: dict[str, np.ndarray], group: np.ndarray
+) -> str:
+    """Per seed: each arm's greedy paper reward and median km per group; then the intervals."""
+    head = [
+        "seed",
+        "arm",
+        "train s",
+        "steps",
+        "photos seen",
+        "reward ambiguous",
+        "reward clean",
+        "median km ambiguous",
+        "median km clean",
     ]
-    result = run_sft(load_config(PRESET, settings), data, sft_start, str(work / f"control-{tag}-{steps}"))
-    control = {"model": "+continued SFT", "train_s": stage_seconds(result.metrics), "steps": result.global_step,
-               "export": result.export_uri}  # fmt: skip
-    return control, arms
-
-
-def cfg_keys(cfg: Any) -> dict[str, Any]:
-    """The GRPO and reward settings an arm ran with."""
-    g, r = cfg.grpo, cfg.reward
-    return {"lr": g.learning_rate, "beta": g.beta, "G": g.num_generations, "batch": g.per_device_batch_size,
-            "temperature": g.temperature, "reward": r.mode, "w": [r.w_distance, r.w_format, r.w_region]}  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    start_cells = ["-", "SFT start", "-", "-", "-", *(f"{start['reward'][group == g].mean():.3f}" for g in GROUPS),
+                   *(str(median_km(start["km"][group == g])) for g in GROUPS)]  # fmt: skip
+    lines.append("| " + " | ".join(start_cells) + " |")
+    for row in per_seed:
+        for arm in ("grpo", "control"):
+            cells = [str(row["seed"]), arm, str(row[f"{arm}_train_s"]), str(row[f"{arm}_steps"]), str(row[f"{arm}_photos_seen"]),
+                     *(f"{row[f'{arm}_reward_{g}']:.3f}" for g in GROUPS), *(str(row[f"{arm}_median_km_{g}"]) for g in GROUPS)]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, result in endpoints.items():
+        lines.append(
+            f"GRPO - control, reward on {name} rows: {result['mean']:+.4f}, 95% CI {result['ci95']}, per seed {result['per_seed']}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

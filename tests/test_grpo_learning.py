@@ -10,8 +10,7 @@ temperature ``grpo.temperature``) from the SFT export and from the GRPO export, 
 run's reward config; the means are compared with a margin (``MIN_HELD_OUT_GAIN``), not a bare
 ``>``. The SFT start is scored on this process's thread pool while GRPO trains on its Ray Train
 worker: generation takes one torch thread, the worker another core. The settings and the margin
-come from repeated measurement (docs/benchmarks.md, "Does GRPO learn?"; benchmarks/grpo_vs_sft.py
-has the cross-seed runs).
+come from repeated measurement (docs/benchmarks.md, "Does GRPO learn?").
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from geor_core.training.grpo_setup import GRPO_COLUMNS
 from geor_core.training.sampled_reward import score_policy
 from tasks.grpo import run_grpo
 
-PRESET = "learning"  # configs/learning.yaml: the settings, shared with benchmarks/grpo_vs_sft.py
+PRESET = "learning"  # configs/learning.yaml: the settings, which configs/looks.yaml builds on
 SAMPLES_PER_ROW = 8
 MIN_HELD_OUT_GAIN = 0.03  # mean combined reward (0..1) of sampled completions on val + test
 MIN_TRAIN_LOG_GAIN = 0.02  # TRL's train reward: last logging window minus the first full one
