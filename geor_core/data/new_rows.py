@@ -66,6 +66,7 @@ def write_new_rows(manifest_uri: str, prepare: PrepareConfig, known: set[str], o
                 prepare.lat_col,
                 prepare.lon_col,
                 file.uri,
+                prepare.group_col,
             )
             table = batch.table
             total += table.num_rows
@@ -80,6 +81,12 @@ def write_new_rows(manifest_uri: str, prepare: PrepareConfig, known: set[str], o
                             "image": [_absolute(images[i] or "", base) for i in keep],
                             "lat": table.column(roles.lat).take(keep).to_pylist(),
                             "lon": table.column(roles.lon).take(keep).to_pylist(),
+                            # kept under the configured name, so preparing the new rows finds it
+                            **(
+                                {prepare.group_col: table.column(roles.group).take(keep)}
+                                if roles.group
+                                else {}
+                            ),
                         }
                     )
                 )
