@@ -42,13 +42,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(
         args, {"rows": "data.world_rows", "seed": "data.world_seed", "countries": "data.world_countries"}
     )
-    try:
-        spec = WorldSpec.from_config(cfg.data)
-    except ValueError as exc:
-        raise UserFacingError(str(exc)) from exc
     started = time.perf_counter()
-    try:
-        payload = build_world(args.output, spec, overwrite=args.overwrite)
+    try:  # a bad spec or an output holding another world: one line for the user
+        payload = build_world(args.output, WorldSpec.from_config(cfg.data), overwrite=args.overwrite)
     except ValueError as exc:
         raise UserFacingError(str(exc)) from exc
     print(json.dumps({**payload, "seconds": round(time.perf_counter() - started, 2)}))

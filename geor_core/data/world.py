@@ -294,7 +294,7 @@ def render_photo(row: Any, spec: WorldSpec, row_number: int) -> np.ndarray:
         amplitude = FAINT_STRIPE_AMPLITUDE if row.world_ambiguity == "faint_state" else STRIPE_AMPLITUDE
         stripes = amplitude * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period)
         pixels = _country_rgb(row.country_idx, spec.countries)[None, None, :] + stripes[:, :, None]
-    if row.world_ambiguity == "none" or row.world_ambiguity == "faint_state":
+    if row.world_ambiguity in ("none", "faint_state"):  # no_marker and shared_look photos have none
         span = size - 2 * MARKER_MARGIN_PX - MARKER_PX
         fx = (row.lon - row.lon_min) / max(row.lon_max - row.lon_min, 1e-9)
         fy = (row.lat_max - row.lat) / max(row.lat_max - row.lat_min, 1e-9)
