@@ -224,19 +224,30 @@ def test_an_interrupted_sweep_on_s3_resumes_and_reports_its_failing_trial(
     env.pop("MLFLOW_TRACKING_URI", None)
     log = tmp_path / "first.log"
     with log.open("wb") as sink:
-        first = subprocess.Popen(
-            [sys.executable, "-m", "flows", "sweep", *argv],
+        first = subprocess.Popen(  # -X faulthandler: SIGABRT writes every thread's stack to the log
+            [sys.executable, "-X", "faulthandler", "-m", "flows", "sweep", *argv],
             cwd=ROOT,
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 240
-        while len(uris.glob(f"{output}/trials/*/trial.json")) < 2 and first.poll() is None:
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        first.send_signal(signal.SIGINT)
-        assert first.wait(timeout=180) == sweep_command.INTERRUPTED_EXIT, log.read_text()[-3000:]
+        try:
+            deadline = time.monotonic() + 240
+            while len(uris.glob(f"{output}/trials/*/trial.json")) < 2 and first.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            first.send_signal(signal.SIGINT)
+            code = first.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            first.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                first.wait(timeout=30)
+            pytest.fail(f"`geor sweep` still ran 180 s after SIGINT; its stacks:\n{log.read_text()[-8000:]}")
+        finally:  # never leave a sweep running trials on the shared cluster
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+    assert code == sweep_command.INTERRUPTED_EXIT, log.read_text()[-3000:]
     interrupted = last_json(log.read_text())
     assert interrupted["interrupted"] is True and (interrupted["failed"], interrupted["unfinished"]) == (1, 1)
     parent_id = json.loads(uris.read_text(f"{output}/sweep.json"))["parent_run_id"]

@@ -237,25 +237,69 @@ def ray_cluster(s3_server: S3Server) -> Iterator[Any]:
     # run, never one left over from an earlier run, and no leaked placement groups.
     temp_dir = tempfile.mkdtemp(prefix="geor-ray-", dir="/tmp")
     started = time.monotonic()
+    dashboard = free_port()
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("RAY_ADDRESS", raising=False)
         patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        # As `geor` starts a local instance (tasks/ray_session.py): a dashboard, whose State API
+        # Ray Train's placement-group cleaner asks whether a run's controller lives. Without it a
+        # run that ends ungracefully (an ASHA-stopped or interrupted sweep trial) keeps its
+        # placement group, and later runs wait for the CPUs it holds. The raylet inherits the
+        # API's address, so every job's workers find it; no other process of the session does.
+        patch.setenv("RAY_API_SERVER_ADDRESS", f"http://{LOCALHOST}:{dashboard}")
         context = ray.init(
             address="local",
             num_cpus=2,
-            include_dashboard=False,
+            include_dashboard=True,
+            dashboard_host=LOCALHOST,
+            dashboard_port=dashboard,
             log_to_driver=os.environ.get("GEOR_TEST_RAY_LOGS") == "1",
             runtime_env={"env_vars": dict(s3_server.env)},
             _node_ip_address=LOCALHOST,
             _temp_dir=temp_dir,
         )
+        patch.delenv("RAY_API_SERVER_ADDRESS")
         STARTUP_SECONDS["ray_cluster"] = time.monotonic() - started
         try:
             yield context
         finally:
             ray.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+PLACEMENT_GROUP_GRACE_S = 30.0  # Ray Train's cleaner checks every second; Tune force-kills after 10 s
+
+
+def _live_placement_groups() -> dict[str, str]:
+    """Each placement group not removed yet: its state, the job that made it and its bundles."""
+    import ray
+
+    table = ray.util.placement_group_table()
+    return {
+        pg_id: f"{info['state']}, job {pg_id[-8:]}, bundles {list(info['bundles'].values())}"
+        for pg_id, info in table.items()
+        if info["state"] != "REMOVED"
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_placement_groups(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test on the session cluster, every placement group is gone within a grace period:
+    a leaked one holds CPUs that every later test would wait for (a hang, not a failure)."""
+    yield
+    if "ray_cluster" not in request.fixturenames:
+        return
+    deadline = time.monotonic() + PLACEMENT_GROUP_GRACE_S
+    while (live := _live_placement_groups()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if live:
+        import ray
+        from ray.util.placement_group import PlacementGroup
+
+        for pg_id in live:  # free the cluster for the next tests, then report
+            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+        pytest.fail(f"placement groups still held {PLACEMENT_GROUP_GRACE_S:.0f} s after the test: {live}")
 
 
 TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "GEOR_PARENT_RUN_ID")
