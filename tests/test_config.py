@@ -82,7 +82,7 @@ def test_errors_name_key_value_and_what_is_allowed(override, message):
     assert message in str(info.value)
 
 
-def test_unknown_preset_lists_the_known_ones(tmp_path):
+def test_unknown_preset_lists_the_known_ones(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="unknown preset 'nope'; presets: .*tiny"):
         load_config("nope")
     with pytest.raises(ConfigError, match="unknown preset 'tyni'; did you mean 'tiny'"):
@@ -93,6 +93,11 @@ def test_unknown_preset_lists_the_known_ones(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(str(bad))
+
+    expected = load_config("test").to_dict()
+    (tmp_path / "tiny").mkdir()  # a folder in the working directory named like the preset test extends
+    monkeypatch.chdir(tmp_path)
+    assert load_config("test").to_dict() == expected
 
 
 def test_secret_named_keys_never_reach_params():

@@ -27,7 +27,7 @@ def _read_source(source: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     if source in seen:
         raise ConfigError(f"preset cycle: {' -> '.join((*seen, source))}")
     path = Path(source)
-    if source.endswith((".yaml", ".yml")) or path.exists():
+    if source.endswith((".yaml", ".yml")) or path.is_file():  # a folder named like a preset is not one
         if not path.is_file():
             raise ConfigError(f"config file {source!r} does not exist")
         text = path.read_text()
