@@ -67,6 +67,17 @@ def test_every_relative_link_leads_to_a_file_and_heading(page: Path) -> None:
     assert not broken, f"{page.relative_to(ROOT)}: broken links: {broken}"
 
 
+def test_no_page_has_a_section_twice() -> None:
+    """A repeated `## ` section is a merge left over, and links to it reach only the first copy."""
+    repeated = {}
+    for page in PAGES:
+        sections = re.findall(r"^## (.+)$", FENCE.sub("", page.read_text()), re.M)
+        twice = sorted({title for title in sections if sections.count(title) > 1})
+        if twice:
+            repeated[str(page.relative_to(ROOT))] = twice
+    assert not repeated, repeated
+
+
 def test_the_link_check_sees_links_and_headings() -> None:
     """The checks above are not vacuous: the README links into docs/ and anchors are computed."""
     assert any(t.startswith("docs/") for t in _links(README))
