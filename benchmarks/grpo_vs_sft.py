@@ -1,6 +1,9 @@
 """GRPO against its equal-compute continued-SFT control, on a world where RL has something to win.
 
-    python benchmarks/grpo_vs_sft.py [--seeds 0,1,2] [--workdir /tmp/geor-grpo-vs-sft]
+    python benchmarks/grpo_vs_sft.py [--seeds 0,1,2] [--workdir /tmp/geor-grpo-vs-sft] [key=value ...]
+
+Overrides (e.g. ``grpo.train_groups=[ambiguous]``) change the GRPO arm only: a candidate setting
+measured under the same protocol against the same control (given the candidate's wall-clock).
 
 The protocol, fixed before the first run (settings: configs/looks.yaml):
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -111,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workdir", default="/tmp/geor-grpo-vs-sft")
+    parser.add_argument("grpo_overrides", nargs="*", metavar="key=value", help="GRPO arm only")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     started, load_start = time.time(), os.getloadavg()
@@ -136,7 +141,10 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON
-            runs = {seed: train_arms(work, data, start, seed, sft_s_per_step) for seed in seeds}
+            runs = {
+                seed: train_arms(work, data, start, seed, sft_s_per_step, args.grpo_overrides)
+                for seed in seeds
+            }
     finally:
         ray.shutdown()
 
@@ -176,6 +184,7 @@ def main() -> None:
     print(table, file=sys.stderr)
     print(json.dumps({
         "protocol": __doc__.split("The protocol, fixed before the first run (settings: configs/looks.yaml):")[1].split("Prints one")[0].strip(),
+        "grpo_overrides": args.grpo_overrides,
         "held_out_rows": {g: int((group == g).sum()) for g in GROUPS},
         "start": {"steps": start_marker["global_step"], "s_per_step": round(sft_s_per_step, 4),
                   **{f"reward_{g}": round(float(start_scores["reward"][group == g].mean()), 4) for g in GROUPS},
@@ -192,15 +201,16 @@ def main() -> None:
 
 
 def train_arms(
-    work: Path, data: str, start: str, seed: int, sft_s_per_step: float
+    work: Path, data: str, start: str, seed: int, sft_s_per_step: float, overrides: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """GRPO, then the continued-SFT control given GRPO's training seconds."""
+    """GRPO (with ``overrides``), then the continued-SFT control given GRPO's training seconds."""
     from geor_core.config import load_config
     from tasks.grpo import run_grpo
     from tasks.sft import run_sft
 
-    cfg = load_config(PRESET, [f"grpo.seed={seed}"])
-    grpo = run_grpo(cfg, data, start, str(work / f"grpo-s{seed}"))
+    cfg = load_config(PRESET, [f"grpo.seed={seed}", *overrides])
+    variant = "-" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8] if overrides else ""
+    grpo = run_grpo(cfg, data, start, str(work / f"grpo-s{seed}{variant}"))
     seconds = float(grpo.metrics["train_runtime"])
     steps = max(1, math.ceil(seconds / sft_s_per_step))
     control_cfg = load_config(PRESET, [

@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from geor_core.config import GeorConfig
-from geor_core.data.dataset import read_prepared
+from geor_core.data.dataset import group_counts, read_prepared
+from geor_core.errors import UserFacingError
 from tasks.training_run import TrainingResult, launch_training
 from tasks.training_worker import finish_worker, setup_worker
 
@@ -33,6 +34,7 @@ def run_grpo(
     """Optimise ``model_uri`` with GRPO on the prepared rows at ``data_uri``; export to
     ``<output_uri>/model``. ``callbacks``: extra Ray Train callbacks (a sweep trial's reporter);
     ``log_model``: whether a tracked run logs its export as an MLflow model (not for sweep trials)."""
+    check_train_groups(cfg, data_uri)
     return launch_training(
         cfg,
         "grpo",
@@ -48,6 +50,19 @@ def run_grpo(
     )
 
 
+def check_train_groups(cfg: GeorConfig, data_uri: str) -> None:
+    """``grpo.train_groups`` leaves training rows to train on, else a UserFacingError naming the
+    groups the data has."""
+    groups = cfg.grpo.train_groups
+    if groups:
+        found = group_counts(data_uri, "train")
+        if not any(found.get(group) for group in groups):
+            raise UserFacingError(
+                f"grpo.train_groups={groups}: no training row of {data_uri} is in those groups "
+                f"(rows by group: {found}; a group column comes from prepare.group_col)"
+            )
+
+
 def grpo_worker_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: its reward actors, the GRPOTrainer, resume, train, export."""
     from ray.train.huggingface.transformers import prepare_trainer
@@ -58,7 +73,7 @@ def grpo_worker_loop(config: dict[str, Any]) -> None:
 
     setup = setup_worker(config, "grpo")
     cfg = setup.cfg
-    train = read_prepared(config["data_uri"], "train", GRPO_COLUMNS)
+    train = read_prepared(config["data_uri"], "train", GRPO_COLUMNS, cfg.grpo.train_groups)
     val = read_prepared(config["data_uri"], "val", GRPO_COLUMNS).slice(0, cfg.grpo.val_rows)
     pool = RewardActorPool(
         cfg.reward, cfg.grpo.reward_actors, cfg.grpo.reward_actor_cpus, timeout_s=cfg.grpo.reward_timeout_s
@@ -80,6 +95,7 @@ def grpo_worker_loop(config: dict[str, Any]) -> None:
             config,
             "grpo",
             lambda: {
+                "train_rows": train.num_rows,
                 "reward_pool": pool.stats(),
                 "reward_seconds": board.seconds,
                 "ref_model_loaded": getattr(trainer, "ref_model", None) is not None,

@@ -7,10 +7,14 @@ pipeline's GRPO stage (tests/test_pipeline.py), so no extra training run is need
 
 from __future__ import annotations
 
+import pytest
 from safetensors.torch import load_file
 
 from geor_core import uris
 from geor_core.config import load_config
+from geor_core.data.dataset import group_counts, read_prepared
+from geor_core.errors import UserFacingError
+from geor_core.training.grpo_setup import GRPO_COLUMNS
 from tasks.grpo import run_grpo
 from tasks.training_worker import FAULT_STEP_ENV
 
@@ -21,6 +25,7 @@ SHORT = [  # validated and checkpointed every step, one worker failure allowed
     "grpo.save_steps=1",
     "grpo.val_rows=4",
     "grpo.max_failures=1",
+    "grpo.train_groups=[clean]",  # every row of the test world: the key's path through the workers
 ]
 TWO_WORKERS = [
     "grpo.num_workers=2",
@@ -44,6 +49,7 @@ def test_two_workers_update_every_parameter_log_every_component_and_resume_a_kil
     assert result.global_step == 4
     marker = uris.read_marker(result.export_uri)
     assert marker["ref_model_loaded"] is True  # beta = 0.04 in the test preset
+    assert marker["train_rows"] == group_counts(prepared_world, "train")["clean"] > 0
 
     before = load_file(f"{sft_checkpoint.export_uri}/model.safetensors")
     after = load_file(f"{result.export_uri}/model.safetensors")
@@ -76,3 +82,18 @@ def test_two_workers_update_every_parameter_log_every_component_and_resume_a_kil
     )
     assert len(runs) == 1 and "rewards/distance/mean" in runs[0].data.metrics
     assert "eval_greedy/geoscore" in runs[0].data.metrics
+
+
+def test_train_groups_select_the_rows_grpo_trains_on_and_an_empty_choice_is_refused(prepared_world, tmp_path):
+    train = read_prepared(prepared_world, "train", GRPO_COLUMNS)
+    assert read_prepared(prepared_world, "train", GRPO_COLUMNS, ["clean"]).equals(train)
+    assert read_prepared(prepared_world, "train", GRPO_COLUMNS, ["ambiguous", "clean"]).num_rows == len(train)
+    assert read_prepared(prepared_world, "train", GRPO_COLUMNS, ["ambiguous"]).num_rows == 0
+    assert read_prepared(prepared_world, None, ["id"], ["clean"]).num_rows > len(train)  # every split
+
+    cfg = load_config("test", ["grpo.train_groups=[ambiguous]"])
+    with pytest.raises(
+        UserFacingError, match=r"grpo.train_groups=\['ambiguous'\]: no training row .*'clean': \d+"
+    ):
+        run_grpo(cfg, prepared_world, str(tmp_path / "model"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -188,6 +188,11 @@ class GrpoConfig(TrainingConfig):
     hard_radius_km: float = _range(
         200.0, 0.0, doc="`geor mine-hard` keeps training rows predicted farther than this; `--radius-km`"
     )
+    train_groups: list = _list(
+        [],
+        "train only on the rows whose `group` (`prepare.group_col`) is one of these, e.g. [ambiguous]; "
+        "empty: every training row",
+    )
     reward_actors: int = _range(1, 1, doc="Ray actors that score completions, per worker")
     reward_actor_cpus: float = _range(0.25, 0.01, doc="CPUs each reward actor reserves")
     reward_timeout_s: float = _range(

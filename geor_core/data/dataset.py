@@ -62,12 +62,26 @@ def _dataset(
     return pads.dataset(files, filesystem=fs, format=file_format, schema=schema)
 
 
-def read_prepared(uri: str, split: str | None = None, columns: list[str] | None = None) -> pa.Table:
-    """The training rows of a complete `geor prepare` output, optionally one split and some columns."""
+def read_prepared(
+    uri: str, split: str | None = None, columns: list[str] | None = None, groups: list[str] | None = None
+) -> pa.Table:
+    """The training rows of a complete `geor prepare` output, optionally one split, the rows whose
+    ``group`` (``prepare.group_col``) is one of ``groups``, and some columns."""
     require_prepared(uri)
     dataset = _dataset(uris.join(uri, DATA_DIR), OUTPUT_SCHEMA)
-    row_filter = pc.field("split") == split if split is not None else None
+    conditions = [pc.field("split") == split] if split is not None else []
+    if groups:
+        conditions.append(pc.field("group").isin(list(groups)))
+    row_filter = None
+    for condition in conditions:
+        row_filter = condition if row_filter is None else row_filter & condition
     return dataset.to_table(columns=columns, filter=row_filter)
+
+
+def group_counts(uri: str, split: str) -> dict[str | None, int]:
+    """Rows of one split of a complete `geor prepare` output by ``group`` (None: no group column)."""
+    groups = read_prepared(uri, split, ["group"]).column("group")
+    return {item["values"]: item["counts"] for item in pc.value_counts(groups).to_pylist()}
 
 
 def read_rejects(uri: str) -> pa.Table:
