@@ -69,12 +69,10 @@ def read_prepared(
     ``group`` (``prepare.group_col``) is one of ``groups``, and some columns."""
     require_prepared(uri)
     dataset = _dataset(uris.join(uri, DATA_DIR), OUTPUT_SCHEMA)
-    conditions = [pc.field("split") == split] if split is not None else []
+    row_filter = None if split is None else pc.field("split") == split
     if groups:
-        conditions.append(pc.field("group").isin(list(groups)))
-    row_filter = None
-    for condition in conditions:
-        row_filter = condition if row_filter is None else row_filter & condition
+        in_groups = pc.field("group").isin(list(groups))
+        row_filter = in_groups if row_filter is None else row_filter & in_groups
     return dataset.to_table(columns=columns, filter=row_filter)
 
 
