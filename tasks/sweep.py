@@ -37,6 +37,7 @@ from geor_core.config import ConfigError, GeorConfig, flat_params
 from geor_core.errors import UserFacingError
 from geor_core.ownership import OwnedOutput, check_output, claim_output
 from geor_core.training.sweep_space import SearchSpace, check_space, objective_of, trial_config
+from tasks.placement_groups import releasing_placement_groups
 from tasks.sweep_trial import TRIALS_DIR, TrialSetup, grpo_trial, read_trial_record, trial_output
 from tasks.training_run import MODEL_DIR, RAY_DIR, check_training_inputs
 
@@ -303,7 +304,8 @@ def run_sweep(
                 verbose=1,
             ),
         )
-    results = tuner.fit()
+    with releasing_placement_groups():  # a Ctrl-C can strand a starting trial's worker group
+        results = tuner.fit()
     saved = _saved_statuses(experiment, fs)
     interrupted = any(status not in ("TERMINATED", "ERROR") for status in saved.values())
     trials = [_summary(result, output, objective, saved) for result in results]

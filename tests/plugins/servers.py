@@ -271,18 +271,6 @@ def ray_cluster(s3_server: S3Server) -> Iterator[Any]:
 PLACEMENT_GROUP_GRACE_S = 30.0  # Ray Train's cleaner checks every second; Tune force-kills after 10 s
 
 
-def _live_placement_groups() -> dict[str, str]:
-    """Each placement group not removed yet: its state, the job that made it and its bundles."""
-    import ray
-
-    table = ray.util.placement_group_table()
-    return {
-        pg_id: f"{info['state']}, job {pg_id[-8:]}, bundles {list(info['bundles'].values())}"
-        for pg_id, info in table.items()
-        if info["state"] != "REMOVED"
-    }
-
-
 @pytest.fixture(autouse=True)
 def _no_leaked_placement_groups(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a test on the session cluster, every placement group is gone within a grace period:
@@ -290,15 +278,13 @@ def _no_leaked_placement_groups(request: pytest.FixtureRequest) -> Iterator[None
     yield
     if "ray_cluster" not in request.fixturenames:
         return
+    from tasks.placement_groups import live_placement_groups, remove_placement_groups
+
     deadline = time.monotonic() + PLACEMENT_GROUP_GRACE_S
-    while (live := _live_placement_groups()) and time.monotonic() < deadline:
+    while (live := live_placement_groups()) and time.monotonic() < deadline:
         time.sleep(0.5)
     if live:
-        import ray
-        from ray.util.placement_group import PlacementGroup
-
-        for pg_id in live:  # free the cluster for the next tests, then report
-            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+        remove_placement_groups(list(live))  # free the cluster for the next tests, then report
         pytest.fail(f"placement groups still held {PLACEMENT_GROUP_GRACE_S:.0f} s after the test: {live}")
 
 
