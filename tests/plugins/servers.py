@@ -9,8 +9,9 @@ starts its own copy. Fixtures:
   ``s3://geor-test/<unique>`` prefix.
 - ``mlflow_server`` -> the tracking URI ``http://127.0.0.1:P``. It is NOT exported as
   ``MLFLOW_TRACKING_URI``: tests pass it through ``cfg.tracking.uri``.
-- ``ray_cluster`` -> the ``ray.init`` context of a fresh 2-CPU local cluster whose runtime_env
-  carries the AWS variables.
+- ``session_ray`` -> the ``ray.init`` context of a fresh 2-CPU local cluster whose runtime_env
+  carries the AWS variables. Tests ask for ``ray_cluster`` (tests/plugins/training.py): the same
+  cluster, once the session's shared stages, built on it in the background, have let go of it.
 
 Startup failures raise with the tail of the server's log. Each fixture's start time is recorded
 in ``STARTUP_SECONDS`` and printed in the terminal summary.
@@ -220,8 +221,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_server: S3Server) -> Iterator[Any]:
-    """A fresh local Ray cluster (2 CPUs, loopback only, no dashboard) for the whole session.
+def session_ray(s3_server: S3Server) -> Iterator[Any]:
+    """A fresh local Ray cluster (2 CPUs, loopback only, a dashboard) for the whole session.
 
     Its runtime_env carries the moto AWS variables, so workers read and write ``s3://`` there.
     Sized for 2 cores: actors that each take a whole CPU starve Ray Data's read/write tasks and
@@ -260,7 +261,7 @@ def ray_cluster(s3_server: S3Server) -> Iterator[Any]:
             _temp_dir=temp_dir,
         )
         patch.delenv("RAY_API_SERVER_ADDRESS")
-        STARTUP_SECONDS["ray_cluster"] = time.monotonic() - started
+        STARTUP_SECONDS["session_ray"] = time.monotonic() - started
         try:
             yield context
         finally:
