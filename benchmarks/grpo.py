@@ -119,7 +119,9 @@ def run_ray(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     from tasks.grpo import run_grpo
 
     cfg = load_config(PRESET, overrides)
-    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, _node_ip_address="127.0.0.1")
+    from tasks.ray_session import start_local_ray
+
+    start_local_ray(num_cpus=RAY_CPUS, _node_ip_address="127.0.0.1")  # as `geor` starts one
     try:
         result = run_grpo(cfg, args.data, args.model, str(Path(args.output) / "run"), overwrite=True)
     finally:

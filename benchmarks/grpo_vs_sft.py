@@ -76,20 +76,15 @@ def build_start(work: Path, env: dict[str, str]) -> tuple[str, str]:
 def greedy_rewards(model_uri: str, rows: Any, cfg: Any) -> dict[str, np.ndarray]:
     """Per held-out row: the paper reward and the error in km of the greedy completion."""
     from geor_core.config import RewardConfig
-    from geor_core.data.images import load_image
     from geor_core.scoring.rewards import Truth, score_completions
-    from geor_core.training.generation import generate
-    from geor_core.training.sampled_reward import load_policy, single_torch_thread
+    from geor_core.training.sampled_reward import greedy_completions, load_policy, single_torch_thread
 
     model, processor = load_policy(model_uri, cfg)
-    images = [load_image(uri, cfg.model) for uri in rows.column("image").to_pylist()]
     with single_torch_thread():
-        completions: list[str] = []
-        for start in range(0, len(images), 64):
-            completions += generate(
-                model, processor, images[start : start + 64], max_new_tokens=cfg.grpo.max_completion_length
-            )
-    scores = score_completions(completions, Truth.from_columns(rows), RewardConfig(mode="product"))
+        scored, completions, unreadable = greedy_completions(model, processor, rows, cfg, batch_size=64)
+    if unreadable:  # every arm is scored on the same rows: a photo that fails to load is an error here
+        raise SystemExit(f"{unreadable} held-out photos did not load; the arms cannot be paired")
+    scores = score_completions(completions, Truth.from_columns(scored), RewardConfig(mode="product"))
     return {"reward": scores["combined"], "km": scores["distance_km"]}
 
 
@@ -138,7 +133,9 @@ def main() -> None:
     group = np.array(rows.column("group").to_pylist())
     start_marker = uris.read_marker(start) or {}
     sft_s_per_step = float(start_marker["metrics"]["train_runtime"]) / start_marker["global_step"]
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    from tasks.ray_session import start_local_ray
+
+    start_local_ray(num_cpus=2, _node_ip_address="127.0.0.1")  # as `geor` starts one
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON
             runs = {

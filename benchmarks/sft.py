@@ -214,7 +214,9 @@ def run_ray(args: argparse.Namespace, marks: dict[str, float]) -> dict[str, Any]
     timings = Path(args.output) / "timings"
     timings.mkdir(parents=True, exist_ok=True)
     marks["driver_ready"] = time.time()
-    ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False, _node_ip_address="127.0.0.1")
+    from tasks.ray_session import start_local_ray
+
+    start_local_ray(num_cpus=RAY_CPUS, _node_ip_address="127.0.0.1")  # as `geor` starts one
     try:
         marks["ray_ready"] = time.time()
         with mock.patch.object(sft_task, "sft_worker_loop", timed_worker_loop(str(timings))):

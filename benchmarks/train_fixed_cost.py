@@ -61,7 +61,9 @@ def main() -> int:
     args = parser.parse_args()
     import ray
 
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    from tasks.ray_session import start_local_ray
+
+    start_local_ray(log_to_driver=False)  # as `geor` starts one
     settings = {"ray_default": RAY_DEFAULT_S, "project": str(TRAIN_POLL_INTERVAL_S)}
     seconds: dict[str, list[float]] = {name: [] for name in settings}
     results: dict[str, set[float]] = {name: set() for name in settings}

@@ -5,8 +5,8 @@ on this machine), else a new local instance. Never Ray's implicit "join whatever
 job would wait on it.
 
 A new local instance keeps to itself and keeps the console readable (geor_core/console.py):
-- its dashboard process serves Ray's State API on 127.0.0.1, and every worker of the job is told
-  where (``RAY_API_SERVER_ADDRESS``). Ray Train's placement-group cleaner asks that API whether
+- its dashboard process serves Ray's State API on 127.0.0.1, and every worker on the instance is
+  told where (``RAY_API_SERVER_ADDRESS``, :func:`start_local_ray`). Ray Train's placement-group cleaner asks that API whether
   the run's controller lives; without it, it warned every second ("Failed to query Ray Train
   Controller actor state") or, with another Ray instance on the machine, looked for one among
   all of them and died with "Found multiple active Ray instances".
@@ -25,7 +25,8 @@ from typing import Any
 from geor_core.console import CONSOLE_PREFIX, is_verbose, log_file, quiet_loggers
 from geor_core.uris import redact_uri
 
-RAY_HANDLER = "ray_print_logs"  # the name under which Ray prints worker output on the driver
+RAY_HANDLER = "ray_print_logs"
+API_ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # where Ray's State API clients (in workers) look first  # the name under which Ray prints worker output on the driver
 
 
 def connect_ray() -> bool:
@@ -50,19 +51,37 @@ def connect_ray() -> bool:
         ray.init(address=address, include_dashboard=False)
         started = f"joined the Ray cluster at {redact_uri(address)}"
     else:
-        port = _free_port()
-        ray.init(
-            address="local",
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            dashboard_port=port,
-            runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
-        )
-        started = f"started a local Ray instance; its dashboard: http://127.0.0.1:{port}"
+        context = start_local_ray()
+        started = f"started a local Ray instance; its dashboard: http://{context.dashboard_url}"
     if quiet:  # Ray's own line about it went to the full log
         route_worker_output()
         print(f"{CONSOLE_PREFIX}ray] {started}", flush=True)
     return True
+
+
+def start_local_ray(**options: Any) -> Any:
+    """``ray.init`` of a new local instance (``options`` passed on) whose dashboard serves the State
+    API on 127.0.0.1. The raylet is started with the API's address in its environment, so the
+    workers of every job on the instance (the first and any that joins it) find it; this process
+    keeps its own environment. Returns the ``ray.init`` context."""
+    import ray
+
+    port = _free_port()
+    saved = os.environ.get(API_ADDRESS_ENV)
+    os.environ[API_ADDRESS_ENV] = f"http://127.0.0.1:{port}"
+    try:
+        return ray.init(
+            address="local",
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            **options,
+        )
+    finally:
+        if saved is None:
+            os.environ.pop(API_ADDRESS_ENV, None)
+        else:
+            os.environ[API_ADDRESS_ENV] = saved
 
 
 def _free_port() -> int:

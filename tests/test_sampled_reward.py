@@ -17,6 +17,7 @@ from geor_core.training import sampled_reward as module
 from geor_core.training.grpo_setup import GRPO_COLUMNS
 from geor_core.training.sampled_reward import (
     completion_metrics,
+    greedy_completions,
     greedy_metrics,
     load_policy,
     sampled_reward,
@@ -120,6 +121,14 @@ def test_unreadable_photos_are_counted_not_scored(rows, scripted):
         sampled_reward(None, None, rows, load_config("test"), 0)
     with pytest.raises(ValueError, match="none of the 1 rows has a readable photo"):
         sampled_reward(None, None, broken.slice(1, 1), load_config("test"), 1)
+
+
+def test_greedy_completions_come_in_batches_in_row_order(rows, scripted):
+    cfg = load_config("test", ["grpo.max_completion_length=32"])
+    scored, completions, unreadable = greedy_completions(None, None, rows, cfg, batch_size=2)
+    assert [c["rows"] for c in scripted] == [[0, 1], [2]] and not any(c["do_sample"] for c in scripted)
+    assert completions == [answer(*p) for p in POINTS] and unreadable == 0 and scored.num_rows == 3
+    assert all(c["max_new_tokens"] == 32 for c in scripted)
 
 
 def test_completion_metrics_repeat_the_truth_per_draw(rows):

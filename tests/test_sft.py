@@ -104,8 +104,12 @@ def test_inputs_are_checked_before_any_worker_starts(prepared_world, tiny_model_
         check_inputs(cfg, str(tmp_path), str(tiny_model_dir))
     with pytest.raises(UserFacingError, match="has no config.json"):
         check_inputs(cfg, prepared_world, str(tmp_path))
-    with pytest.raises(UserFacingError, match="8 workers x 2.0 CPUs = 16.0 CPUs, but the cluster has 2"):
-        check_inputs(load_config("test", ["sft.num_workers=8"]), prepared_world, str(tiny_model_dir))
+    with pytest.raises(UserFacingError, match="8 workers x 1.5 CPUs = 12.0 CPUs, but the cluster has 2"):
+        check_inputs(
+            load_config("test", ["sft.num_workers=8", "sft.cpus_per_worker=1.5"]),
+            prepared_world,
+            str(tiny_model_dir),
+        )
     with pytest.raises(UserFacingError, match="needs 1 GPUs; the cluster has 0"):
         check_inputs(load_config("test", ["sft.use_gpu=true"]), prepared_world, str(tiny_model_dir))
     empty = tmp_path / "empty"

@@ -133,10 +133,24 @@ def score_sampled(
     )
 
 
+def greedy_completions(
+    model: Any, processor: Any, rows: pa.Table, cfg: GeorConfig, *, batch_size: int | None = None
+) -> tuple[pa.Table, list[str], int]:
+    """(the rows whose photo loads, their greedy completions of at most ``grpo.max_completion_length``
+    tokens, how many rows did not load); ``batch_size`` rows per generate call (None: all)."""
+    readable, images, unreadable = _readable(rows, cfg)
+    step = batch_size or max(len(images), 1)
+    completions: list[str] = []
+    for start in range(0, len(images), step):
+        completions += generate(
+            model, processor, images[start : start + step], max_new_tokens=cfg.grpo.max_completion_length
+        )
+    return readable, completions, unreadable
+
+
 def greedy_metrics(model: Any, processor: Any, rows: pa.Table, cfg: GeorConfig) -> dict[str, Any]:
     """The field's metrics of greedy completions (at most ``grpo.max_completion_length`` tokens)."""
-    readable, images, unreadable = _readable(rows, cfg)
-    completions = generate(model, processor, images, max_new_tokens=cfg.grpo.max_completion_length)
+    readable, completions, unreadable = greedy_completions(model, processor, rows, cfg)
     return {**completion_metrics(completions, readable), "unreadable_rows": unreadable}
 
 

@@ -232,35 +232,28 @@ def session_ray(s3_server: S3Server) -> Iterator[Any]:
     """
     import ray
 
+    from tasks.ray_session import start_local_ray
+
     if ray.is_initialized():
         raise RuntimeError("ray is already initialised in this test process; use the ray_cluster fixture")
     # A short private temp dir (Unix socket paths are limited to ~107 bytes): a fresh cluster per
     # run, never one left over from an earlier run, and no leaked placement groups.
     temp_dir = tempfile.mkdtemp(prefix="geor-ray-", dir="/tmp")
     started = time.monotonic()
-    dashboard = free_port()
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("RAY_ADDRESS", raising=False)
         patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        # As `geor` starts a local instance (tasks/ray_session.py): a dashboard, whose State API
-        # Ray Train's placement-group cleaner asks whether a run's controller lives. Without it a
-        # run that ends ungracefully (an ASHA-stopped or interrupted sweep trial) keeps its
-        # placement group, and later runs wait for the CPUs it holds. The raylet inherits the
-        # API's address, so every job's workers find it; no other process of the session does.
-        patch.setenv("RAY_API_SERVER_ADDRESS", f"http://{LOCALHOST}:{dashboard}")
-        context = ray.init(
-            address="local",
+        # As `geor` starts one: a dashboard, whose State API Ray Train's placement-group cleaner asks
+        # whether a run's controller lives. Without it a run that ends ungracefully (an ASHA-stopped
+        # or interrupted sweep trial) keeps its placement group, and later runs wait for its CPUs.
+        context = start_local_ray(
             num_cpus=2,
-            include_dashboard=True,
-            dashboard_host=LOCALHOST,
-            dashboard_port=dashboard,
             log_to_driver=os.environ.get("GEOR_TEST_RAY_LOGS") == "1",
             runtime_env={"env_vars": dict(s3_server.env)},
             _node_ip_address=LOCALHOST,
             _temp_dir=temp_dir,
         )
-        patch.delenv("RAY_API_SERVER_ADDRESS")
         STARTUP_SECONDS["session_ray"] = time.monotonic() - started
         try:
             yield context

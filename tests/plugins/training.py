@@ -6,7 +6,7 @@ session root, so the pipeline tests continue that same root: their prepare and S
 skipped as complete instead of being paid for twice.
 
 They are built in the background. At the session's first test, when some collected test needs
-them, a `geor pipeline` process starts on the session's Ray cluster (2 CPUs, 2 torch threads);
+them, a `geor pipeline` process starts on the session's Ray cluster (one worker, one core);
 the modules that use no Ray run first (collection order, below) while it trains, and
 ``ray_cluster`` waits for it: no Ray test shares the cluster with it.
 
