@@ -38,7 +38,7 @@ def remove_placement_groups(pg_ids: list[str]) -> None:
 
 
 @contextmanager
-def releasing_placement_groups(grace_s: float = 15.0) -> Iterator[None]:
+def releasing_placement_groups(grace_s: float = 5.0) -> Iterator[None]:
     """On the way out of the block, the placement groups this job created inside it and still holds
     ``grace_s`` later are removed, with a line naming them."""
     import ray
