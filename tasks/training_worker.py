@@ -153,6 +153,7 @@ def setup_worker(config: dict[str, Any], stage: str) -> WorkerSetup:
     from geor_core.registry.tracking import start_system_metrics
     from geor_core.training.model_loading import apply_lora, load_model, load_processor
     from geor_core.training.sft_setup import per_device_batch_size
+    from geor_core.training.time_budget import TimeBudgetCallback
     from geor_core.training.train_callbacks import ConsoleCallback, MlflowMetricsCallback
 
     context, scratch = prepare_worker(config)
@@ -172,6 +173,7 @@ def setup_worker(config: dict[str, Any], stage: str) -> WorkerSetup:
         RayTrainReportCallback(),
         MlflowMetricsCallback(config["run_id"] if rank == 0 else None, global_batch),
         ConsoleCallback(stage, progress_bar=_driver_drawn_bar),
+        TimeBudgetCallback(settings.max_seconds),
         *FaultInjectionCallback.from_env(rank),
     ]
     monitor = start_system_metrics(cfg, config["run_id"] if rank == 0 else None)
@@ -204,9 +206,17 @@ def finish_worker(
                 "data": config["data_uri"],
                 "base_model": config["model_uri"],
                 "config_hash": setup.cfg.fingerprint(),
+                "stopped_by_time_budget": _time_budget_spent(setup.callbacks),
                 **(extra_marker() if extra_marker else {}),
             },
         )
     finally:
         if setup.system_metrics is not None:
             setup.system_metrics.finish()
+
+
+def _time_budget_spent(callbacks: list) -> bool:
+    """Whether the stage's ``max_seconds`` ended its training (geor_core.training.time_budget)."""
+    from geor_core.training.time_budget import TimeBudgetCallback
+
+    return any(isinstance(c, TimeBudgetCallback) and c.stopped_at_step is not None for c in callbacks)

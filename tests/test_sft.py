@@ -63,11 +63,13 @@ def test_two_workers_train_and_export_and_resume_a_killed_worker(
     overrides = [*SHORT, *TWO_WORKERS, f"sft.zero_stage={zero_stage}", f"tracking.uri={mlflow_server}"]
     monkeypatch.setenv(FAULT_STEP_ENV, f"10:1:{tmp_path / 'killed-once'}")
     overrides += ["sft.save_steps=4", "sft.eval_steps=4", "sft.max_failures=1"]
+    overrides += ["sft.max_seconds=3600"]  # a budget never spent: the ranks agree on it every step
     output = str(tmp_path / "out")
     result = run_sft(load_config("test", overrides), prepared_world, str(tiny_model_dir), output)
     assert not result.skipped and result.global_step == 12
     assert (tmp_path / "killed-once").exists(), "the fault was never injected"
     assert result.resumed_from_step in (4, 8), f"resumed from step {result.resumed_from_step}"
+    assert uris.read_marker(result.export_uri)["stopped_by_time_budget"] is False
     _assert_trained_export(result, tiny_model_dir)
 
     from mlflow import MlflowClient

@@ -151,6 +151,9 @@ class TrainingConfig:
     global_batch_size: int = _range(0, 0, doc="0: per_device_batch_size x num_workers x accumulation")
     num_epochs: float = _range(1.0, 0.0, doc="passes over the train split when max_steps is -1")
     max_steps: int = _range(-1, -1, doc="-1: run num_epochs")
+    max_seconds: float = _range(
+        0.0, 0.0, doc="0: no limit; else stop after the step that ends this many seconds into training"
+    )
     logging_steps: int = _range(10, 1, doc="loss and metrics logged every this many steps")
     eval_steps: int = _range(100, 1, doc="validation every this many steps")
     save_steps: int = _range(100, 1, doc="a checkpoint every this many steps; a multiple of eval_steps")
