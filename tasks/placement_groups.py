@@ -2,8 +2,8 @@
 
 Ray Tune and Ray Train remove the placement groups they create, and Ray removes a job's groups
 when the job ends. One case escapes all three: a Ctrl-C'd `geor sweep` whose trial was starting
-its Train worker group at that moment. Its group stayed CREATED after the driver had exited (seen
-once in three suite runs on a session cluster), holding its CPUs from every later job on a
+its Train worker group at that moment. Its group stayed CREATED after the driver had exited (two
+suite runs in three on a session cluster), holding its CPUs from every later job on a
 `ray start` cluster. :func:`releasing_placement_groups` waits for Ray's own clean-up, then removes
 what this job created inside the block and still holds, and says so.
 """
@@ -30,6 +30,7 @@ def live_placement_groups(job_id: str | None = None) -> dict[str, str]:
 
 
 def remove_placement_groups(pg_ids: list[str]) -> None:
+    """Remove the placement groups with these hex ids."""
     import ray
     from ray.util.placement_group import PlacementGroup
 

@@ -6,10 +6,10 @@ job would wait on it.
 
 A new local instance keeps to itself and keeps the console readable (geor_core/console.py):
 - its dashboard process serves Ray's State API on 127.0.0.1, and every worker on the instance is
-  told where (``RAY_API_SERVER_ADDRESS``, :func:`start_local_ray`). Ray Train's placement-group cleaner asks that API whether
-  the run's controller lives; without it, it warned every second ("Failed to query Ray Train
-  Controller actor state") or, with another Ray instance on the machine, looked for one among
-  all of them and died with "Found multiple active Ray instances".
+  told where (``RAY_API_SERVER_ADDRESS``, :func:`start_local_ray`). Ray Train's placement-group
+  cleaner asks that API whether the run's controller lives; without it, it warned every second
+  ("Failed to query Ray Train Controller actor state") or, with another Ray instance on the
+  machine, looked for one among all of them and died with "Found multiple active Ray instances".
 Everywhere, Ray Train's patch of ``print`` in its workers is off (``RAY_TRAIN_ENABLE_PRINT_PATCH=0``,
 which Ray Train hands on to its workers): it sent each print twice and dumped the bytecode that
 dill disassembles into a captured stream. In quiet mode the driver's INFO logs go to the full log
@@ -25,8 +25,8 @@ from typing import Any
 from geor_core.console import CONSOLE_PREFIX, is_verbose, log_file, quiet_loggers
 from geor_core.uris import redact_uri
 
-RAY_HANDLER = "ray_print_logs"
-API_ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # where Ray's State API clients (in workers) look first  # the name under which Ray prints worker output on the driver
+RAY_HANDLER = "ray_print_logs"  # the name under which Ray prints worker output on the driver
+API_ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # where Ray's State API clients (in workers) look first
 
 
 def connect_ray() -> bool:
