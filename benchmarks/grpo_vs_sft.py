@@ -19,10 +19,14 @@ The protocol, fixed before the first run (settings: configs/looks.yaml):
 - **Arms, per seed** (seeds 0, 1, 2), both from the start through the product's own stages:
   GRPO (`tasks.grpo.run_grpo`: dr_grpo, the paper reward distance x format, G = 8, temperature
   1, beta 0.001, lr 3e-4, 100 steps of 4 prompts) and the control (`tasks.sft.run_sft`, continued
-  SFT at the same peak learning rate, constant, stopped on its own clock by `sft.max_seconds` =
-  GRPO's training wall-clock). Samples seen are reported for both. Amended 2026-12-03: the
-  control's steps were GRPO's seconds at the start's seconds per step, measured once; at a slower
-  hour that let it train 17-23% longer than GRPO.
+  SFT on GRPO's own learning-rate schedule: the same peak, warm-up share and cosine decay, laid
+  over the steps expected in GRPO's training seconds at the start's seconds per step, and stopped
+  on its own clock by `sft.max_seconds` = GRPO's training wall-clock, whichever comes first).
+  Samples seen are reported for both. Amended 2026-12-03, twice: (1) the control's steps were
+  GRPO's seconds at the start's seconds per step, measured once; at a slower hour that let it
+  train 17-23% longer than GRPO; (2) the control ran at GRPO's peak learning rate held constant,
+  and at that rate continued SFT was unstable (seed 1 fell below the start on every group), so it
+  now follows GRPO's schedule, decaying as GRPO's does.
 - **Endpoints,** greedy completions on the held-out val + test rows, scored with the paper
   reward: primary, mean reward on ambiguous rows (GRPO - control > 0); co-primary, mean reward on
   clean rows, non-inferior with margin 0.01 (GRPO - control > -0.01). Each by the lower bound of
@@ -41,7 +45,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -211,19 +214,23 @@ def train_arms(
     variant = "-" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8] if overrides else ""
     grpo = run_grpo(cfg, data, start, str(work / f"grpo-s{seed}{variant}"))
     seconds = float(grpo.metrics["train_runtime"])
-    ceiling = max(1, math.ceil(3 * seconds / sft_s_per_step))  # the clock stops it well before
+    expected = max(1, round(seconds / sft_s_per_step))  # the schedule's length; the clock caps it
+    g = cfg.grpo
     control_cfg = load_config(PRESET, [
-        f"sft.max_steps={ceiling}", f"sft.max_seconds={seconds}", f"sft.seed={seed}",
-        f"sft.learning_rate={cfg.grpo.learning_rate}", "sft.lr_scheduler_type=constant",
-        f"sft.eval_steps={ceiling}", f"sft.save_steps={ceiling}",
+        f"sft.max_steps={expected}", f"sft.max_seconds={seconds}", f"sft.seed={seed}",
+        f"sft.learning_rate={g.learning_rate}", f"sft.lr_scheduler_type={g.lr_scheduler_type}",
+        f"sft.warmup_ratio={g.warmup_ratio}", f"sft.eval_steps={expected}", f"sft.save_steps={expected}",
     ])  # fmt: skip
-    control = run_sft(control_cfg, data, start, str(work / f"control-s{seed}-t{round(seconds)}"))
-    g, c = cfg.grpo, control_cfg.sft
+    control = run_sft(
+        control_cfg, data, start, str(work / f"control-s{seed}-t{round(seconds)}-{g.lr_scheduler_type}")
+    )
+    c = control_cfg.sft
     return {
         "grpo": {"export": grpo.export_uri, "train_s": round(seconds, 1), "steps": grpo.global_step,
                  "photos_seen": grpo.global_step * g.per_device_batch_size // g.num_generations},
         "control": {"export": control.export_uri, "train_s": round(float(control.metrics["train_runtime"]), 1),
-                    "steps": control.global_step, "photos_seen": control.global_step * c.per_device_batch_size},
+                    "steps": control.global_step, "photos_seen": control.global_step * c.per_device_batch_size,
+                    "scheduled_steps": expected},
     }  # fmt: skip
 
 
