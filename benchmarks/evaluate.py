@@ -25,16 +25,17 @@ and writing included), and ``steady_ratio``, the same once the models are loaded
 first batch came back; single process: after loading). Exits 1 when the two sides' outputs
 differ: each run's rows must be every input row, and greedy decoding must give the same
 completion for a row on both sides (``identical_completions`` is the share that did).
-The world is built once per ``--rows`` under ``--workdir`` (``rows-<N>/``).
+The world is built once per ``--rows`` under ``--workdir`` (``rows-<N>/``); a folder built with
+other settings (another version of the test preset) is refused, not reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,8 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.repeats import median_and_spread  # noqa: E402
 
 
 def _progress(measured: dict) -> dict:
@@ -55,39 +58,22 @@ def _progress(measured: dict) -> dict:
 COMPLETIONS: dict[str, list[str]] = {}  # the latest run's completions of each side, in row order
 
 
-def _median(runs: list[dict], key: str = "rows_per_s") -> float:
-    return round(float(statistics.median(run[key] for run in runs)), 2)
-
-
-def _spread(runs: list[dict], key: str = "rows_per_s") -> list[float]:
-    return [min(run[key] for run in runs), max(run[key] for run in runs)]
-
-
 def build_inputs(workdir: Path, rows: int) -> tuple[str, str]:
-    """(tiny model dir, prepared world URI), built once per workdir."""
+    """(tiny model dir, prepared world URI) under ``workdir``. Each `geor` step keeps a complete
+    output made with the same settings (so a rerun costs seconds) and refuses one made with other
+    settings, so a stale world is never used silently. What they print goes to stderr."""
     from flows.cli import main
 
     model, world, prepared = workdir / "tiny-model", workdir / "world", workdir / "prepared"
-    if not (model / "config.json").exists():
-        assert main(["make-tiny-model", "--output", str(model), "--config", "test"]) == 0
-    if not (prepared / "_SUCCESS.json").exists():
-        assert (
-            main(["make-world", "--output", str(world), "--config", "test", f"data.world_rows={rows}"]) == 0
-        )
-        assert (
-            main(
-                [
-                    "prepare",
-                    "--manifest",
-                    str(world / "manifest.csv"),
-                    "--output",
-                    str(prepared),
-                    "--config",
-                    "test",
-                ]
-            )
-            == 0
-        )
+    for step in (
+        ["make-tiny-model", "--config", "test", "--output", str(model)],
+        ["make-world", "--config", "test", "--output", str(world), f"data.world_rows={rows}"],
+        ["prepare", "--config", "test", "--manifest", str(world / "manifest.csv"), "--output", str(prepared)],
+    ):
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the result's JSON only
+            code = main(step)
+        if code != 0:
+            raise SystemExit(f"geor {step[0]} failed (see above); or delete {workdir} to rebuild it")
     return str(model), str(prepared)
 
 
@@ -237,13 +223,21 @@ def main() -> None:
             runs.append(single_process(model_dir, prepared, threads, args.batch_size, args.max_new_tokens))
         for actors, runs in pooled.items():
             runs.append(ray_data(model_dir, prepared, actors, args.cpus_per_actor, overrides))
-            pairs = zip(COMPLETIONS["single_process"], COMPLETIONS["ray_data"], strict=True)
+            # not strict: a run that lost rows shows as a lower share and in the row check below
+            pairs = zip(COMPLETIONS["single_process"], COMPLETIONS["ray_data"], strict=False)
             identical.append(sum(a == b for a, b in pairs) / rows)
     all_runs = [run for runs in (*baseline.values(), *pooled.values()) for run in runs]
-    baseline_best = {t: _median(runs) for t, runs in baseline.items()}
-    pooled_best = {n: _median(runs) for n, runs in pooled.items()}
-    steady_single = max(_median(runs, "generate_rows_per_s") for runs in baseline.values())
-    steady_ray = max(_median(runs, "steady_rows_per_s") for runs in pooled.values())
+    loop, loop_spread = median_and_spread(
+        {f"threads_{t}": runs for t, runs in baseline.items()}, ("rows_per_s", "generate_rows_per_s")
+    )
+    pool, pool_spread = median_and_spread(
+        {f"actors_{n}": runs for n, runs in pooled.items()},
+        ("rows_per_s", "steady_rows_per_s", "ray_start_seconds"),
+    )
+
+    def best(summary: dict[str, dict], key: str) -> float:
+        return max(figures[key] for figures in summary.values())
+
     result = {
         "rows": rows,
         "model": "tiny untrained (1.24M parameters), every row generates max_new_tokens",
@@ -253,17 +247,15 @@ def main() -> None:
         "load_average_at_start": load_at_start,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "repeats": args.repeats,
-        "single_process_rows_per_s_median": {f"threads_{t}": v for t, v in baseline_best.items()},
-        "single_process_rows_per_s_spread": {f"threads_{t}": _spread(r) for t, r in baseline.items()},
-        "ray_data_rows_per_s_median": {f"actors_{n}": v for n, v in pooled_best.items()},
-        "ray_data_rows_per_s_spread": {f"actors_{n}": _spread(r) for n, r in pooled.items()},
-        "ray_start_seconds_median": _median(
-            [r for runs in pooled.values() for r in runs], "ray_start_seconds"
-        ),
+        "single_process_rows_per_s_median": {k: round(v["rows_per_s"], 2) for k, v in loop.items()},
+        "single_process_rows_per_s_spread": {k: v["rows_per_s"] for k, v in loop_spread.items()},
+        "ray_data_rows_per_s_median": {k: round(v["rows_per_s"], 2) for k, v in pool.items()},
+        "ray_data_rows_per_s_spread": {k: v["rows_per_s"] for k, v in pool_spread.items()},
+        "ray_start_seconds_median": {k: round(v["ray_start_seconds"], 2) for k, v in pool.items()},
         "single_process_runs": [run for runs in baseline.values() for run in runs],
         "ray_data_runs": [run for runs in pooled.values() for run in runs],
-        "ratio": round(max(pooled_best.values()) / max(baseline_best.values()), 3),
-        "steady_ratio": round(steady_ray / steady_single, 3),
+        "ratio": round(best(pool, "rows_per_s") / best(loop, "rows_per_s"), 3),
+        "steady_ratio": round(best(pool, "steady_rows_per_s") / best(loop, "generate_rows_per_s"), 3),
         "identical_completions": round(min(identical), 4),
     }
     print(json.dumps(result, indent=2))

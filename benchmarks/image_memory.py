@@ -17,11 +17,12 @@ all of them:
 - ``huge_allowed``: the huge photos with ``model.max_image_pixels`` raised to Pillow's limit, so
   each is decoded whole (PNG has no reduced decode) and reduced at once.
 
-Prints one JSON object: every run, each configuration's median peak RSS and its excess over
-``small``. Exits 1 when ``huge`` peaks more than ``REFUSED_MARGIN_MB`` above ``small``; when
-``huge_allowed`` peaks above ``small`` by more than one decoded photo (4 bytes a pixel of the
-largest: Pillow's RGB) plus ``DECODE_MARGIN_MB``, i.e. more than one full-size photo was held at once; or when
-a row's outcome is wrong (a huge photo not refused at the default bound, or a loaded photo whose
+Prints one JSON object: every run, each configuration's median peak RSS, its [min, max] over the
+repeats and the median's excess over ``small``, and the load average at the start and the end.
+Exits 1 when ``huge`` peaks more than ``REFUSED_MARGIN_MB`` above ``small``; when ``huge_allowed``
+peaks above ``small`` by more than one decoded photo (4 bytes a pixel of the largest: Pillow's
+RGB) plus ``DECODE_MARGIN_MB``, i.e. more than one full-size photo was held at once; or when a
+row's outcome is wrong (a huge photo not refused at the default bound, or a loaded photo whose
 preprocessed grid differs from the one the processor gives that photo decoded at full size).
 """
 
@@ -31,7 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import struct
 import subprocess
 import sys
@@ -41,6 +41,8 @@ import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.repeats import median_and_spread  # noqa: E402
 
 HUGE_SIZES = ((10000, 10000), (13000, 13000))
 SMALL_SIZE = (448, 448)
@@ -157,11 +159,13 @@ def main() -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     batches = build_photos(workdir, args.rows)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     for _ in range(args.repeats):
         for name, (batch, bound) in CONFIGS.items():
             runs[name].append(measure(batches[batch], bound))
-    peak = {name: statistics.median(r["peak_rss_mb"] for r in found) for name, found in runs.items()}
+    median, spread = median_and_spread(runs, ("peak_rss_mb",))
+    peak = {name: median[name]["peak_rss_mb"] for name in CONFIGS}
     largest = max(w * h for w, h in HUGE_SIZES)
     allowed_margin = 4 * largest / 2**20 + DECODE_MARGIN_MB
     failures = []
@@ -190,8 +194,10 @@ def main() -> int:
                 "small_size": "x".join(map(str, SMALL_SIZE)),
                 "repeats": args.repeats,
                 "cpus": os.cpu_count(),
+                "load_average_at_start": load_at_start,
                 "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
                 "peak_rss_mb_median": peak,
+                "peak_rss_mb_spread": {name: spread[name]["peak_rss_mb"] for name in CONFIGS},
                 "excess_over_small_mb": {name: round(peak[name] - peak["small"], 1) for name in CONFIGS},
                 "allowed_excess_mb": {"huge": REFUSED_MARGIN_MB, "huge_allowed": round(allowed_margin, 1)},
                 "runs": runs,

@@ -39,10 +39,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.repeats import median_and_spread  # noqa: E402
+
 SOURCE = ROOT / "data" / "mp16_coords_100k.csv"
 JITTER_DEG = 0.01
 MISSING_LAT_SHARE = 0.001
 REPEATED_ID_SHARE = 0.0001
+OUTPUTS = {"ray": "out-ray", "single_process": "out-single"}
+SUMMARISED = ("seconds", "job_seconds", "rows_per_s", "cpu_seconds", "peak_rss_mb", "peak_pss_mb")
 
 
 def build_manifest(rows: int, rows_per_file: int, file_format: str, folder: Path, seed: int = 0) -> None:
@@ -250,12 +256,14 @@ def main() -> None:
     for repeat in range(args.repeats):  # the configurations alternate, so a load change hits both
         for name, command in commands.items():
             if name == "single_process":
-                shutil.rmtree(work / "out-single", ignore_errors=True)  # the baseline has no overwrite logic
+                shutil.rmtree(work / OUTPUTS[name], ignore_errors=True)  # the baseline has no overwrite logic
             runs_of[name].append(one_run(command, env, work / f"{name}-{repeat}.log", args.rows))
         if "single_process" in commands:
             digests.append({name: rows_digest(str(work / out)) for name, out in OUTPUTS.items()})
+    median, spread = median_and_spread(runs_of, SUMMARISED)
     for name, runs in runs_of.items():
-        result[name] = {"median": summary(runs), "spread": spread(runs), "runs": runs}
+        rounded = {key: round(value, 2) for key, value in median[name].items()}
+        result[name] = {"median": rounded, "spread": spread[name], "runs": runs}
     result["repeats"] = args.repeats
     result["loadavg_start_end"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
     if "single_process" in commands:
@@ -265,9 +273,6 @@ def main() -> None:
     print(json.dumps(result))
     if not result.get("same_rows", True):
         raise SystemExit("Ray and the single-process baseline wrote different rows")
-
-
-OUTPUTS = {"ray": "out-ray", "single_process": "out-single"}
 
 
 def one_run(command: list[str], env: dict[str, str], log: Path, rows: int) -> dict:
@@ -288,19 +293,6 @@ def one_run(command: list[str], env: dict[str, str], log: Path, rows: int) -> di
     if "phase_seconds" in stats:
         run["phase_seconds"] = stats["phase_seconds"]
     return run
-
-
-SUMMARISED = ("seconds", "job_seconds", "rows_per_s", "cpu_seconds", "peak_rss_mb", "peak_pss_mb")
-
-
-def summary(runs: list[dict]) -> dict:
-    """The median of each figure over the repeats."""
-    return {key: round(float(np.median([run[key] for run in runs])), 2) for key in SUMMARISED}
-
-
-def spread(runs: list[dict]) -> dict:
-    """[min, max] of each figure over the repeats."""
-    return {key: [min(run[key] for run in runs), max(run[key] for run in runs)] for key in SUMMARISED}
 
 
 if __name__ == "__main__":

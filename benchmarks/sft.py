@@ -34,8 +34,8 @@ time of every process of each run's tree (driver, Ray daemons, workers) every 0.
 ``tree_cpu_s_per_step`` is the whole run's CPU per step, Ray's own processes included.
 
 Prints one JSON object: every run, the median and [min, max] of each configuration, the ratios of
-the medians to ``bare``, and ``same_learning`` (the median train losses, which must agree within
-``sft_report.LOSS_TOLERANCE``: the script exits 1 when they do not). Stop it with
+the medians to ``bare``, and ``same_learning`` (every run's train loss must lie within
+``sft_report.LOSS_TOLERANCE`` of bare's median: the script exits 1 when one does not). Stop it with
 Ctrl-C (SIGINT), which reaches the child and lets a Ray driver shut its cluster down.
 """
 

@@ -1,13 +1,15 @@
 """The report of `benchmarks/sft.py`: one run's marks turned into per-step and fixed costs, and the
-keys compared across configurations (median and spread of the repeats, ratios of the medians to the
-bare baseline) and the check that every configuration learned the same (its mean train loss
-within ``LOSS_TOLERANCE`` of the baseline's, same seed and data)."""
+keys compared across configurations (median and spread of the repeats, from benchmarks/repeats.py;
+ratios of the medians to the bare baseline) and the check that every configuration learned the
+same (each run's mean train loss within ``LOSS_TOLERANCE`` of the baseline's median, same seed
+and data)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from benchmarks.process_tree_cpu import cores_in_window
+from benchmarks.repeats import median_and_spread
 
 
 def summarise(
@@ -80,27 +82,23 @@ RATIOS = {
 
 def compare(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Median and [min, max] of each compared key per configuration, the ratios of the medians to
-    ``bare`` (when it ran) and the train-loss check."""
-
-    def median(values: list[float]) -> float:
-        ordered = sorted(values)
-        middle = len(ordered) // 2
-        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
+    ``bare`` (when it ran) and the train-loss check: every run's loss, not only the median."""
     keys = (*COMPARED, "train_loss")
+    median, spread = median_and_spread(runs, keys)
     report: dict[str, Any] = {
-        "median": {name: {k: round(median([r[k] for r in found]), 5) for k in keys} for name, found in runs.items()},
-        "spread": {name: {k: [min(r[k] for r in found), max(r[k] for r in found)] for k in keys}
-                   for name, found in runs.items()},
-    }  # fmt: skip
+        "median": {name: {k: round(v, 5) for k, v in found.items()} for name, found in median.items()},
+        "spread": spread,
+    }
     if "bare" in runs:
-        base = report["median"]["bare"]
+        base = median["bare"]
         for name in (n for n in runs if n != "bare"):
-            report[f"{name}/bare"] = {ratio: round(report["median"][name][key] / base[key], 3)
+            report[f"{name}/bare"] = {ratio: round(median[name][key] / base[key], 3)
                                       for ratio, key in RATIOS.items()}  # fmt: skip
+        off = [
+            name
+            for name in runs
+            if any(abs(loss / base["train_loss"] - 1) > LOSS_TOLERANCE for loss in spread[name]["train_loss"])
+        ]
         losses = {name: report["median"][name]["train_loss"] for name in runs}
-        off = {
-            name: loss for name, loss in losses.items() if abs(loss / base["train_loss"] - 1) > LOSS_TOLERANCE
-        }
         report["same_learning"] = {"train_loss": losses, "tolerance": LOSS_TOLERANCE, "ok": not off}
     return report

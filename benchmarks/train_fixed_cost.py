@@ -6,11 +6,13 @@ Each ``TorchTrainer.fit()`` pays for a controller actor, a worker group and its 
 the training does. Ray Train's controller polls its workers every
 ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (Ray's default 2 s), so a finished run is noticed up to two
 polls late. tasks/training_run.py sets the interval to ``TRAIN_POLL_INTERVAL_S`` unless the
-variable is already set. This script runs a one-worker fit whose loop reports one metric with a one-file checkpoint, on one
-local Ray instance, alternating the two settings ``--repeats`` times (the first fit of the session
-is a warm-up, not counted), and prints one JSON object: per setting the wall-clock seconds of each
-fit, their median, and the ratio default / project. It exits 1 when the two settings' fits report
-different results (the metric), since the setting must change nothing but time.
+variable is already set. This script runs a one-worker fit whose loop reports one metric with a
+one-file checkpoint, on one local Ray instance, alternating the two settings ``--repeats`` times
+(default 4; the order flips every repeat; the first fit of the session is a warm-up, not
+counted), and prints one JSON object: per setting the wall-clock seconds of each fit, their
+median and [min, max], the ratio default / project of the medians, and the 1-minute load average
+at the start and the end. It exits 1 when the two settings' fits report different results (the
+metric), since the setting must change nothing but time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.repeats import Runs, median_and_spread  # noqa: E402
 from tasks.training_run import POLL_INTERVAL_ENV, TRAIN_POLL_INTERVAL_S  # noqa: E402
 
 RAY_DEFAULT_S = "2.0"
@@ -63,25 +65,30 @@ def main() -> int:
 
     from tasks.ray_session import start_local_ray
 
+    load_at_start = round(os.getloadavg()[0], 2)
     start_local_ray(log_to_driver=False)  # as `geor` starts one
     settings = {"ray_default": RAY_DEFAULT_S, "project": str(TRAIN_POLL_INTERVAL_S)}
-    seconds: dict[str, list[float]] = {name: [] for name in settings}
+    runs: Runs = {name: [] for name in settings}
     results: dict[str, set[float]] = {name: set() for name in settings}
-    with tempfile.TemporaryDirectory(prefix="geor-fit-bench-") as storage:
-        one_fit(RAY_DEFAULT_S, storage, "warmup")
-        for repeat in range(args.repeats):
-            order = list(settings) if repeat % 2 == 0 else list(reversed(settings))
-            for name in order:
-                took, value = one_fit(settings[name], storage, f"{name}-{repeat}")
-                seconds[name].append(round(took, 2))
-                results[name].add(value)
-    ray.shutdown()
+    try:
+        with tempfile.TemporaryDirectory(prefix="geor-fit-bench-") as storage:
+            one_fit(RAY_DEFAULT_S, storage, "warmup")
+            for repeat in range(args.repeats):
+                order = list(settings) if repeat % 2 == 0 else list(reversed(settings))
+                for name in order:
+                    took, value = one_fit(settings[name], storage, f"{name}-{repeat}")
+                    runs[name].append({"seconds": round(took, 2)})
+                    results[name].add(value)
+    finally:
+        ray.shutdown()
+    median, spread = median_and_spread(runs, ("seconds",))
     report = {
         "repeats": args.repeats,
         "poll_interval_s": settings,
-        "fit_seconds": seconds,
-        "median_s": {name: statistics.median(values) for name, values in seconds.items()},
-        "load_average_1m": os.getloadavg()[0],
+        "fit_seconds": {name: [run["seconds"] for run in found] for name, found in runs.items()},
+        "median_s": {name: median[name]["seconds"] for name in settings},
+        "spread_s": {name: spread[name]["seconds"] for name in settings},
+        "load_average_1m_start_end": [load_at_start, round(os.getloadavg()[0], 2)],
     }
     report["ratio_default_over_project"] = round(
         report["median_s"]["ray_default"] / report["median_s"]["project"], 3
