@@ -38,7 +38,7 @@ format: install
 test: lint
 	$(BIN)/pytest --durations=15
 
-# The quick loop: everything but the tests marked slow (those that need the shared SFT checkpoint).
+# The quick loop: everything but the tests marked slow (those that need the shared SFT checkpoint, and the two-node job).
 test-fast: lint
 	$(BIN)/pytest -m "not slow" --durations=10
 

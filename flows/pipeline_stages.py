@@ -61,13 +61,13 @@ def check_base_model(cfg: GeorConfig) -> None:
 def check_sft_resources(cfg: GeorConfig) -> None:
     from tasks.training_run import check_resources
 
-    check_resources(cfg.sft)
+    check_resources(cfg.sft, cfg.cluster.worker_resources)
 
 
 def check_grpo_resources(cfg: GeorConfig) -> None:
     from tasks.training_run import check_resources
 
-    check_resources(cfg.grpo)
+    check_resources(cfg.grpo, cfg.cluster.worker_resources)
 
 
 def manifest_key(cfg: GeorConfig) -> dict[str, Any]:

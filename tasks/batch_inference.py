@@ -10,7 +10,8 @@ completions in memory. Every job's rows go through one Ray Data pipeline, job af
 
     from_arrow(blocks of a few batches, never two jobs in one block: job, row, draw, image URI)
       -> map_batches(Geolocator, actor pool of eval.num_actors, batch_size=eval.batch_size,
-                     num_cpus=eval.cpus_per_actor, num_gpus=eval.gpus_per_actor)
+                     num_cpus=eval.cpus_per_actor, num_gpus=eval.gpus_per_actor,
+                     resources=cluster.worker_resources)
       -> iter_batches on the driver (a console progress bar over the rows, with its ETA)
 
 So an evaluate run over three models pays one pool start (Ray Data, the actors' imports) instead
@@ -140,11 +141,19 @@ def ray_scope() -> Iterator[None]:
             ray.shutdown()
 
 
-def check_resources(settings: EvalConfig) -> None:
-    """The cluster can host the actor pool (otherwise Ray Data would wait for it forever)."""
+def check_resources(settings: EvalConfig, resources: dict[str, float] | None = None) -> None:
+    """The cluster can host the actor pool, custom ``resources`` per actor included (otherwise Ray
+    Data would wait for it forever)."""
     import ray
 
     total = ray.cluster_resources()
+    for name, amount in (resources or {}).items():
+        if settings.num_actors * amount > total.get(name, 0):
+            raise UserFacingError(
+                f"cluster.worker_resources asks {amount} {name!r} per actor for eval.num_actors = "
+                f"{settings.num_actors}, but the cluster has {total.get(name, 0)}; start nodes with "
+                "`ray start --resources` or lower it"
+            )
     need_cpu = settings.num_actors * settings.cpus_per_actor
     if need_cpu > total.get("CPU", 0):
         raise UserFacingError(
@@ -181,7 +190,7 @@ def run_inference(cfg: GeorConfig, jobs: list[InferenceJob], label: str = "") ->
     plans = [_Plan.of(job, cfg.eval.rows_per_shard) for job in jobs]
     if any(plan.inputs for plan in plans):
         connect_ray()  # the caller's ray_scope shuts down a session started here
-        check_resources(cfg.eval)
+        check_resources(cfg.eval, cfg.cluster.worker_resources)
         _infer(cfg, plans, label or _label(jobs))
     return [plan.run for plan in plans]
 
@@ -249,13 +258,22 @@ def _input_blocks(plans: list[_Plan], settings: EvalConfig) -> list[pa.Table]:
     return blocks
 
 
+def actor_resources(cfg: GeorConfig) -> dict[str, Any]:
+    """What each actor of the pool reserves besides ``eval.cpus_per_actor`` (Ray remote args): its
+    GPUs (``eval.gpus_per_actor``) and the custom resources of ``cluster.worker_resources``."""
+    remote_args: dict[str, Any] = {"num_gpus": cfg.eval.gpus_per_actor} if cfg.eval.gpus_per_actor else {}
+    if cfg.cluster.worker_resources:
+        remote_args["resources"] = dict(cfg.cluster.worker_resources)
+    return remote_args
+
+
 def _infer(cfg: GeorConfig, plans: list[_Plan], label: str) -> None:
     import ray
 
     settings = cfg.eval
     started = time.monotonic()
     dataset = ray.data.from_arrow(_input_blocks(plans, settings))
-    remote_args: dict[str, Any] = {"num_gpus": settings.gpus_per_actor} if settings.gpus_per_actor else {}
+    remote_args = actor_resources(cfg)
     if any(plan.job.source.startswith("models:/") for plan in plans):  # actors download: need the registry
         remote_args["runtime_env"] = {"env_vars": tracking_env(cfg)}
     models = [replace(cfg.model, name_or_path=plan.job.source) for plan in plans]

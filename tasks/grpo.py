@@ -76,7 +76,11 @@ def grpo_worker_loop(config: dict[str, Any]) -> None:
     train = read_prepared(config["data_uri"], "train", GRPO_COLUMNS, cfg.grpo.train_groups)
     val = read_prepared(config["data_uri"], "val", GRPO_COLUMNS).slice(0, cfg.grpo.val_rows)
     pool = RewardActorPool(
-        cfg.reward, cfg.grpo.reward_actors, cfg.grpo.reward_actor_cpus, timeout_s=cfg.grpo.reward_timeout_s
+        cfg.reward,
+        cfg.grpo.reward_actors,
+        cfg.grpo.reward_actor_cpus,
+        timeout_s=cfg.grpo.reward_timeout_s,
+        resources=cfg.cluster.worker_resources,
     )
     trainer, board = build_grpo_trainer(
         cfg,

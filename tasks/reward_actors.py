@@ -15,15 +15,17 @@ An error raised by the scoring itself (a bad config, say) is not a dead actor: i
 caller unchanged and is not retried.
 
     pool = RewardActorPool(cfg.reward, cfg.grpo.reward_actors, cfg.grpo.reward_actor_cpus,
-                           timeout_s=cfg.grpo.reward_timeout_s)
+                           timeout_s=cfg.grpo.reward_timeout_s,
+                           resources=cfg.cluster.worker_resources)
     scores = pool.score(completions, truth)  # a rewards.Truth; returns a dict of float64 arrays
     scores = await pool.score_async(...)  # the same, for TRL's async reward functions
     pool.stats()  # batches, completions, parse_failures, retries, timeouts, actors_replaced, ...
     pool.close()
 
 Actors take fractional CPUs (``grpo.reward_actor_cpus``; on 2 cores a whole CPU each starves
-everything else) and are scheduled outside the caller's placement group: a Ray Train worker's
-bundle holds only that worker's own resources. Conversational completions are turned into their
+everything else) plus the custom resources of ``cluster.worker_resources`` (``resources``: only
+nodes that carry them), and are scheduled outside the caller's placement group: a Ray Train
+worker's bundle holds only that worker's own resources. Conversational completions are turned into their
 text in the caller (``geor_core.geo.parse.completion_text``, the parse rule's own reading; None where
 there is no text), so only strings travel.
 """
@@ -109,6 +111,7 @@ class RewardActorPool:
         max_retries: int = 3,
         start_timeout_s: float = 120.0,
         timeout_s: float = 120.0,
+        resources: dict[str, float] | None = None,
     ) -> None:
         if not isinstance(num_actors, int) or num_actors < 1:
             raise ValueError(f"num_actors (grpo.reward_actors) must be an integer >= 1, got {num_actors!r}")
@@ -124,6 +127,7 @@ class RewardActorPool:
         self.max_retries = max_retries
         self.start_timeout_s = start_timeout_s
         self.timeout_s = float(timeout_s)
+        self.resources = dict(resources or {})
         self._actors: list[Any] = []
         self._closed = False
         self._counters = {
@@ -157,6 +161,7 @@ class RewardActorPool:
                 f"{self.num_actors} reward actors of {self.cpus_per_actor} CPU did not start within "
                 f"{self.start_timeout_s:.0f} s; the cluster has {ray.available_resources().get('CPU', 0)} "
                 "CPU free: lower grpo.reward_actors or grpo.reward_actor_cpus"
+                + (f" (each also needs {self.resources}: cluster.worker_resources)" if self.resources else "")
             ) from exc
         except DEAD_ACTOR_ERRORS as exc:
             for actor in actors:
@@ -243,6 +248,8 @@ class RewardActorPool:
     def _new_actor(self) -> Any:
         # "DEFAULT": never captured by the caller's placement group (a Train worker's bundle).
         options = {"num_cpus": self.cpus_per_actor, "scheduling_strategy": "DEFAULT"}
+        if self.resources:  # cluster.worker_resources: only on the nodes that carry them
+            options["resources"] = self.resources
         return RewardActor.options(**options).remote(self.reward_cfg)
 
     def _resubmit(self, job: ScoringJob, i: int, error: Exception) -> None:

@@ -5,7 +5,6 @@ what each worker does)."""
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +32,19 @@ TRAIN_POLL_INTERVAL_S = 0.5
 SYSTEM_METRICS_ENV_PREFIX = "MLFLOW_SYSTEM_METRICS_"
 
 
-def scaling_config(stage: TrainingConfig) -> Any:
+def scaling_config(stage: TrainingConfig, resources: dict[str, float] | None = None) -> Any:
+    """The worker group: ``num_workers`` of ``cpus_per_worker`` CPUs (and a GPU each with
+    ``use_gpu``), plus the custom ``resources`` each worker requires (``cluster.worker_resources``)."""
     from ray.train import ScalingConfig
 
     return ScalingConfig(
         num_workers=stage.num_workers,
         use_gpu=stage.use_gpu,
-        resources_per_worker={"CPU": stage.cpus_per_worker, **({"GPU": 1} if stage.use_gpu else {})},
+        resources_per_worker={
+            "CPU": stage.cpus_per_worker,
+            **({"GPU": 1} if stage.use_gpu else {}),
+            **(resources or {}),
+        },
     )
 
 
@@ -102,14 +107,21 @@ def check_model_source(model_uri: str) -> None:
     resolve_source(model_uri)  # a hub id: fails clearly when offline and not cached
 
 
-def check_resources(stage: TrainingConfig) -> None:
-    """The cluster can host the worker group (otherwise Ray would wait forever)."""
+def check_resources(stage: TrainingConfig, resources: dict[str, float] | None = None) -> None:
+    """The cluster can host the worker group, custom ``resources`` per worker included (otherwise
+    Ray would wait forever)."""
     import ray
 
     from tasks.ray_session import connect_ray
 
     connect_ray()
     total = ray.cluster_resources()
+    for name, amount in (resources or {}).items():
+        if stage.num_workers * amount > total.get(name, 0):
+            raise UserFacingError(
+                f"cluster.worker_resources asks {amount} {name!r} per worker for {stage.num_workers} workers, "
+                f"but the cluster has {total.get(name, 0)}; start nodes with `ray start --resources` or lower it"
+            )
     need_cpu = stage.num_workers * stage.cpus_per_worker
     if need_cpu > total.get("CPU", 0):
         raise UserFacingError(
@@ -144,7 +156,7 @@ def check_training_inputs(cfg: GeorConfig, stage: str, data_uri: str, model_uri:
     if not splits.get("train"):
         raise UserFacingError(f"{data_uri} has an empty train split (splits: {splits}); nothing to train on")
     check_model_source(model_uri)
-    check_resources(getattr(cfg, stage))
+    check_resources(getattr(cfg, stage), cfg.cluster.worker_resources)
     return marker
 
 
@@ -203,13 +215,14 @@ def launch_training(
             "export_uri": export_uri,
             "run_id": run.info.run_id if run is not None else None,
             "env": worker_env(tracking_env(cfg)),
-            "scratch": str(Path(tempfile.gettempdir()) / f"geor-{stage}-{uuid.uuid4().hex[:12]}"),
+            # a folder name: each node's workers make it in their own temp dir, never the driver's
+            "scratch": f"geor-{stage}-{uuid.uuid4().hex[:12]}",
         }
         os.environ.setdefault(POLL_INTERVAL_ENV, str(TRAIN_POLL_INTERVAL_S))
         trainer = TorchTrainer(
             train_loop_per_worker=worker_loop,
             train_loop_config=loop_config,
-            scaling_config=scaling_config(settings),
+            scaling_config=scaling_config(settings, cfg.cluster.worker_resources),
             run_config=run_config(settings, output_uri, stage, metric=metric, mode=mode, callbacks=callbacks),
         )
         result = trainer.fit()

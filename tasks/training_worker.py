@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,14 @@ class FaultInjectionCallback:
 
 
 def prepare_worker(config: dict[str, Any]) -> tuple[Any, Path]:
-    """First thing in a worker: its env, a clean scratch folder shared by the node's ranks."""
+    """First thing in a worker: its env, a clean scratch folder shared by the node's ranks, in the
+    node's own temp dir (``config["scratch"]`` names it; the driver's disk may be elsewhere)."""
     import ray.train
     import torch.distributed as dist
 
     os.environ.update(config["env"])
     context = ray.train.get_context()
-    scratch = Path(config["scratch"])
+    scratch = Path(tempfile.gettempdir()) / config["scratch"]
     if context.get_local_rank() == 0:
         # the run's own scratch (a uuid-named temp folder from launch_training): a failed attempt's
         shutil.rmtree(scratch, ignore_errors=True)

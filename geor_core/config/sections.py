@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from geor_core.config.fields import _choice, _dict, _list, _plain, _range
+from geor_core.config.fields import ConfigError, _choice, _dict, _list, _plain, _range
 
 
 @dataclass
@@ -314,6 +314,30 @@ class StorageConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where the stages' Ray work runs on a cluster of several nodes."""
+
+    worker_resources: dict = _dict(
+        {},
+        "custom Ray resource name -> amount that every Ray Train worker (sft, grpo), inference actor "
+        "(eval) and reward actor (grpo) requires besides its CPUs and GPUs, so they run only on the nodes "
+        "started with it (`ray start --resources`), e.g. {trainer: 1}; amounts > 0, whole above 1. "
+        "Empty: on any node",
+    )
+
+    def __post_init__(self) -> None:  # built by validation and by code alike: checked here
+        if not isinstance(self.worker_resources, dict):
+            raise ConfigError(f"cluster.worker_resources: got {self.worker_resources!r}, expected a mapping")
+        for name, amount in self.worker_resources.items():
+            key = f"cluster.worker_resources.{name}"
+            if not isinstance(name, str) or name in ("", "CPU", "GPU", "memory", "object_store_memory"):
+                raise ConfigError(f"{key}: not a custom resource (CPUs and GPUs have the stages' own keys)")
+            number = isinstance(amount, int | float) and not isinstance(amount, bool)
+            if not number or not 0 < amount < float("inf") or (amount > 1 and amount != int(amount)):
+                raise ConfigError(f"{key}: got {amount!r}, expected a positive number, whole above 1")
+
+
+@dataclass
 class RegistryConfig:
     """The model registry and the champion gate."""
 
@@ -355,6 +379,7 @@ class GeorConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
