@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geor_core.geo import parse
 from geor_core.geo.parse import MAX_NAME_CHARS, Parsed, parse_completion, parse_many
 
 COR = "<think>Japan, Hokkaido, Biei.</think><answer>Country: Japan; State: Hokkaido; City: Biei; Coordinates: (43.452002, 142.615358)</answer>"
@@ -226,6 +227,90 @@ def test_parse_many_matches_parse_completion():
         else:
             assert (batch.lat[i], batch.lon[i]) == (p.lat, p.lon) and not batch.missing[i]
     assert parse_many([]).lat.shape == (0,)
+
+
+USUAL = "Country: {}; State: {}; City: {}; Coordinates: ({}, {})"
+
+
+def both_paths(answer: str) -> tuple[tuple | None, tuple]:
+    """The fields of an answer by the fast path (None where it does not apply) and by the general rule."""
+    return parse._parse_usual(answer), parse._parse_answer(answer)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        USUAL.format("Japan", "Hokkaido", "Biei", "43.452002", "142.615358"),
+        USUAL.format("United States", "Missouri", "Kansas City", "39.1", "-94.58"),
+        USUAL.format("Côte d'Ivoire", "Lagunes", "St. Louis", "-0", "180"),
+        USUAL.format("x" * MAX_NAME_CHARS, "A", "São Paulo", "90", "-180.0"),
+        USUAL.format("Japan", "Hokkaido", "Biei", "12.", "007"),
+        "  Country:Japan;State:\u3000Hokkaido;City: \u2028Biei;\n Coordinates:( 1 ,\t2 )",
+        USUAL.format("Japan", "Hokkaido", "Biei", "1", "2") + " (3, 4)",  # a second pair: not format_ok
+        USUAL.format("Japan", "Hokkaido", "Biei", "1", "2") + " (91, 4) or (1 2)",
+        USUAL.format("Japan", "Hokkaido", "Biei", "1", "2") + "; City: Sapporo",  # a label again: no chain
+        USUAL.format("Japan", "Hokkaido", "Biei", "1", "2") + " SubCountry: x. (x)",
+    ],
+)
+def test_fast_path_gives_what_the_general_rule_gives(answer):
+    fast, general = both_paths(answer)
+    assert fast is not None and fast == general
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        USUAL.format("Japan", "", "Biei", "1", "2"),  # an empty name
+        USUAL.format("Japan", ".", "Biei", "1", "2"),
+        USUAL.format("Japan,", "Hokkaido", "Biei", "1", "2"),  # stripped at the end
+        USUAL.format(".Japan", "Hokkaido", "Biei", "1", "2"),  # stripped at the start
+        USUAL.format("Japan", ", Hokkaido", "Biei", "1", "2"),
+        USUAL.format("Japan ", "Hokkaido", "Biei", "1", "2"),
+        USUAL.format("x" * (MAX_NAME_CHARS + 1), "Hokkaido", "Biei", "1", "2"),  # too long: None
+        USUAL.format("\nJapan", "Hokkaido", "Biei", "1", "2"),  # the value ends at the line break
+        USUAL.format("Japan", "Hok\rkaido", "Biei", "1", "2"),
+        USUAL.format("Japan", "Hokkaido", "Biei (Hokkaido)", "1", "2"),  # a bracket in a name
+        USUAL.format("Japan", "Hokkaido", "Bi(1, 2)ei", "1", "2"),  # a pair in a name
+        USUAL.format("Japan", "State: Hokkaido", "Biei", "1", "2"),  # a label in a name
+        USUAL.format("Japan", "Hokkaido", "Biei", "91", "2"),  # out of range: the general rule says why
+        USUAL.format("Japan", "Hokkaido", "Biei", "1", "180.5"),
+        USUAL.format("Japan", "Hokkaido", "Biei", "1" * 400, "2"),
+        USUAL.format("Japan", "Hokkaido", "Biei", "+1", "2"),
+        USUAL.format("Japan", "Hokkaido", "Biei", "\u22121", "2"),
+        USUAL.format("Japan", "Hokkaido", "Biei", ".5", "2"),
+        USUAL.format("Japan", "Hokkaido", "Biei", "1 S", "2"),
+        USUAL.format("Japan", "Hokkaido", "Biei", "1°", "2"),
+        USUAL.format("Japan", "Hokkaido", "Biei", "1", "2 W"),
+        "x " + USUAL.format("Japan", "Hokkaido", "Biei", "1", "2"),
+        "(1, 2) " + USUAL.format("Japan", "Hokkaido", "Biei", "3", "4"),
+        "XCountry: Japan; State: Hokkaido; City: Biei; Coordinates: (1, 2)",
+        "Country : Japan; State: Hokkaido; City: Biei; Coordinates: (1, 2)",
+        "Country: Japan; City: Biei; State: Hokkaido; Coordinates: (1, 2)",
+        "Country: Japan State: Hokkaido City: Biei Coordinates: (1, 2)",
+    ],
+)
+def test_other_answers_take_the_general_rule(answer):
+    assert parse._parse_usual(answer) is None
+
+
+NAME_CHARACTERS = "aZ éß ,.;:()\n\r\t\u3000\u2028\x85<>/CSountryitateoordinates"
+ODD_NUMBERS = ["-0", "90", "-180.000", "90.5", "1e5", "+1", "12.", ".5", "1 N", "2°"]
+name = st.sampled_from(["Japan", "St. Louis", "x" * MAX_NAME_CHARS]) | st.text(NAME_CHARACTERS, max_size=8)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.tuples(name, name, name),
+    st.floats(-90, 90).map(str) | st.sampled_from(ODD_NUMBERS),
+    st.floats(-180, 180).map(str) | st.sampled_from(ODD_NUMBERS),
+    st.sampled_from(["", "", "", " \n", "x ", "(1, 2) ", "City: Y "]),
+    st.sampled_from(["", "", "", ".", " (1, 2)", " (91, 2)", " City: X", "\nCountry: A", ")"]),
+    st.sampled_from(["; ", "; ", "; ", ";", ";\n", " ", "; ;"]),
+)
+def test_fast_path_agrees_with_the_general_rule(names, lat, lon, prefix, tail, separator):
+    answer = prefix + USUAL.format(*names, lat, lon).replace("; ", separator) + tail
+    fast, general = both_paths(answer)
+    assert fast is None or fast == general
 
 
 ADVERSARIAL_1MB = {

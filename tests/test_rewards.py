@@ -70,6 +70,17 @@ def test_piecewise_reward_is_continuous_and_decreasing(breakpoint_km):
 def test_missing_distance_scores_zero():
     assert piecewise_distance_reward([np.nan])[0] == 0.0
     assert exp_distance_reward([np.nan], 100.0)[0] == 0.0
+    assert piecewise_distance_reward([np.inf, np.nan, 0.0]).tolist() == [0.0, 0.0, 1.0]
+
+
+def test_truth_slice_keeps_every_column():
+    truth = Truth(
+        [1.0, 2.0, 3.0], [4.0, 5.0, 6.0], ["JP", "FR", None], ("a", "b", "c"), np.array(["x", "y", "z"])
+    )
+    part = truth[1:3]
+    assert part.lat.tolist() == [2.0, 3.0] and part.lon.tolist() == [5.0, 6.0]
+    assert part.country_code.tolist() == ["FR", None] and part.state.tolist() == ["b", "c"]
+    assert part.city.tolist() == ["y", "z"] and {part.state.dtype, part.city.dtype} == {np.dtype(object)}
 
 
 def test_exp_shape():

@@ -29,6 +29,9 @@ Anything else (None, bytes, numbers) gives a ``Parsed`` with error ``not_text``.
 (empty or blank text), ``answer_tag_unmatched``, ``no_pair``, ``pair_out_of_range`` (or
 ``internal_error``, a bug here, counted instead of raised). Parsing never raises, and every
 pattern uses possessive quantifiers, so even a 1 MB adversarial string parses in linear time.
+The usual answer (``Country: X; State: Y; City: Z; Coordinates: (lat, lon)``, plain names and
+numbers) is read by one match that gives exactly what the rule above gives (tests/test_parse.py
+runs both on the same answers); anything else goes through the rule step by step.
 """
 
 from __future__ import annotations
@@ -54,6 +57,17 @@ _CHAIN = ["Country", "State", "City", "Coordinates"]
 _LINE_END_RE = re.compile(r"[\n\r]")
 _WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())  # the last one is U+3000
 _VALUE_STRIP = ",." + _WHITESPACE
+# The usual answer: "Country: X; State: Y; City: Z; Coordinates: (lat, lon)" at its start. A name
+# here is one the general rule keeps as it is (1 to MAX_NAME_CHARS characters; [\s,.], which is
+# _VALUE_STRIP, at neither end) and holds no ":;()" or line break, so no label, pair or separator:
+# up to the match's end the general rule finds these four labels, names and pair (_parse_usual
+# reads the rest).
+_NAME = rf"[^\S\n\r]*+([^\s,.:;()][^:;()\n\r]{{0,{MAX_NAME_CHARS - 1}}}+)(?<![\s,.])"
+_PLAIN_NUMBER = r"(-?[0-9]++(?:\.[0-9]*+)?)"
+_USUAL_RE = re.compile(
+    rf"\s*+Country:{_NAME};\s*+State:{_NAME};\s*+City:{_NAME};\s*+Coordinates:"
+    rf"\s*+\(\s*+{_PLAIN_NUMBER}\s*+,\s*+{_PLAIN_NUMBER}\s*+\)"
+)
 
 # Reason codes in Parsed.error ("" when a prediction exists).
 NOT_TEXT = "not_text"
@@ -161,17 +175,34 @@ def _parse_fields(completion: object) -> tuple:
         text = completion if type(completion) is str else completion_text(completion)
         if text is None:
             return _FAILED[NOT_TEXT]
-        return _parse_text(text)
+        if not text or text.isspace():
+            return _FAILED[EMPTY]
+        answer = _answer_text(text)
+        if answer is None:
+            return _FAILED[ANSWER_TAG_UNMATCHED]
+        return _parse_usual(answer) or _parse_answer(answer)
     except Exception:  # the contract is "never raises": a bug here must not stop a training run
         return _FAILED[INTERNAL_ERROR]
 
 
-def _parse_text(text: str) -> tuple:
-    if not text or text.isspace():
-        return _FAILED[EMPTY]
-    answer = _answer_text(text)
-    if answer is None:
-        return _FAILED[ANSWER_TAG_UNMATCHED]
+def _parse_usual(answer: str) -> tuple | None:
+    """What _parse_answer gives for the usual answer (_USUAL_RE), by one match and two searches of
+    the rest; None for any other answer, or a pair out of range (the general rule says which)."""
+    usual = _USUAL_RE.match(answer)
+    if usual is None:
+        return None
+    country, state, city, lat, lon = usual.groups()
+    lat, lon = float(lat), float(lon)
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        return None
+    rest = usual.end()  # the rest of the answer: a pair there breaks the format, a label the chain
+    format_ok = _PAIR_RE.search(answer, rest) is None
+    chain_ok = _LABEL_RE.search(answer, rest) is None
+    return (country, state, city, lat, lon, format_ok, chain_ok, "")
+
+
+def _parse_answer(answer: str) -> tuple:
+    """The general rule on the answer text."""
     country, state, city, chain_ok = _labelled_fields(answer)
     lat = lon = _NAN
     found = False

@@ -37,13 +37,13 @@ GEOSCORE_SCALE_KM = 1492.7
 
 def within_km(distance_km: np.ndarray, km: float) -> np.ndarray:
     """Per row: the error is ``<= km`` (inclusive); a missing distance (NaN) is a miss."""
-    return np.nan_to_num(distance_km, nan=np.inf) <= km
+    return np.asarray(distance_km) <= km  # NaN compares False
 
 
 def row_geoscore(distance_km: np.ndarray) -> np.ndarray:
     """Per row: ``5000 exp(-d / 1492.7)``; a missing distance (NaN) scores 0."""
-    found = ~np.isnan(distance_km)
-    return np.where(found, _geoscore(np.nan_to_num(distance_km)), 0.0)
+    distance_km = np.asarray(distance_km)
+    return np.where(np.isnan(distance_km), 0.0, _geoscore(distance_km))
 
 
 def _geoscore(distance_km: np.ndarray) -> np.ndarray:

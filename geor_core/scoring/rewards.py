@@ -86,7 +86,7 @@ def piecewise_distance_reward(distance_km: ArrayLike) -> np.ndarray:
     middle = 0.5 - 0.3 * (d - BREAK_1_KM) / (BREAK_2_KM - BREAK_1_KM)
     far = 0.2 - 0.2 * (d - BREAK_2_KM) / (ZERO_KM - BREAK_2_KM)
     reward = np.where(d <= BREAK_1_KM, near, np.where(d <= BREAK_2_KM, middle, far))
-    return np.nan_to_num(np.clip(reward, 0.0, 1.0), nan=0.0)
+    return np.where(np.isnan(d), 0.0, np.clip(reward, 0.0, 1.0))
 
 
 def exp_distance_reward(distance_km: ArrayLike, tau_km: float) -> np.ndarray:
@@ -130,7 +130,7 @@ class Truth:
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float64).reshape(-1))
         for name in ("country_code", "state", "city"):
             values = getattr(self, name)
-            if values is not None:
+            if values is not None and not (isinstance(values, np.ndarray) and values.dtype == object):
                 object.__setattr__(self, name, np.asarray(list(values), dtype=object))
 
     @classmethod
