@@ -26,16 +26,18 @@ only, no dashboard), with the process's CPU pinning undone, and sends the same k
 TRL's conversational completions, through ``RewardActorPool.score`` with the default reward
 config (the paper's product; the text region is computed too): pools of 1 and 2 actors at 0.25
 and 0.5 CPU, batches of 16, 64 (a GRPO step of the tiny preset scores 16-64 completions) and
-1024. Per pool and batch size: completions per second by wall clock over back-to-back calls and
-the per-call latency p50/p95 in ms; ``in_process`` is score_completions on the same batches in
-the driver, for the Ray overhead. ``reward_wait_share`` is the 64-completion p95 latency over
+1024. Each pool is started, measured and closed ``--repeats`` times, the pools in an order rotated
+every repeat; per pool: the median and [min, max] of its start seconds and, per batch size, of
+completions per second by wall clock over back-to-back calls and the per-call p95 latency in ms;
+``in_process`` is score_completions on the same batches in the driver (once), for the Ray
+overhead. ``reward_wait_share`` is the median 64-completion p95 latency over
 ``--grpo-step-s`` (default 0.5 s, a tiny-preset GRPO step): the target is < 2% of step time
 (docs/design.md). Ray's ``num_cpus`` is a reservation, not a cap: 0.25 and 0.5 differ only in
 how many actors fit. The machine's load average is printed beside, since other jobs share it.
 
 The script exits 1 when outputs differ: a single-core configuration whose output digest changes
 between repeats, or a pool whose scores of a 1,024-completion batch are not exactly the
-in-process ones (``same_scores_as_in_process``).
+in-process ones in every repeat (``same_scores_as_in_process``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -215,6 +218,35 @@ def timed_calls(score: Callable[[slice], object], batch_size: int, calls: int, n
     }
 
 
+def measure_pool(
+    pool: Any,
+    batch_args: Callable[[slice], list[object]],
+    batch_sizes: tuple[int, ...],
+    calls_for: Callable[[int], int],
+    n: int,
+    cfg: RewardConfig,
+) -> dict[str, Any]:
+    """One run of a started-here reward pool: its start, a check against the in-process scores of
+    1,024 completions, then completions/s and latency per batch size; the pool is closed after."""
+    began = time.perf_counter()
+    pool.start()
+    run: dict[str, Any] = {"start_s": time.perf_counter() - began}
+    try:
+        for _ in range(5):  # warm-up: first calls pay for the worker's imports and caches
+            pool.score(*batch_args(slice(0, 64)))
+        check = slice(0, 1024)
+        run["same_scores_as_in_process"] = same_scores(
+            pool.score(*batch_args(check)), score_completions(*batch_args(check), cfg=cfg)
+        )
+        for size in batch_sizes:
+            timed = timed_calls(lambda rows: pool.score(*batch_args(rows)), size, calls_for(size), n)
+            run[f"batch_{size}_per_s"], run[f"batch_{size}_p95_ms"] = timed["per_s"], timed["p95_ms"]
+        run["stats"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in pool.stats().items()}
+    finally:
+        pool.close()
+    return run
+
+
 def ray_pool(args: argparse.Namespace, cpus: set[int]) -> dict[str, object]:
     """The reward actor pool on a local 2-CPU Ray cluster against score_completions in process."""
     if hasattr(os, "sched_setaffinity"):
@@ -248,31 +280,29 @@ def ray_pool(args: argparse.Namespace, cpus: set[int]) -> dict[str, object]:
             for size in batch_sizes
         },
     }
+    pools = [(1, 0.25), (1, 0.5), (2, 0.25), (2, 0.5)]
+    runs: dict[str, list[dict[str, Any]]] = {f"actors_{a}_cpu_{c}": [] for a, c in pools}
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
-        for num_actors, cpus_per_actor in ((1, 0.25), (1, 0.5), (2, 0.25), (2, 0.5)):
-            pool = RewardActorPool(cfg, num_actors, cpus_per_actor)
-            began = time.perf_counter()
-            pool.start()
-            timings: dict[str, object] = {"start_s": round(time.perf_counter() - began, 2)}
-            for _ in range(5):  # warm-up: first calls pay for the worker's imports and caches
-                pool.score(*batch_args(slice(0, 64)))
-            check = slice(0, 1024)
-            timings["same_scores_as_in_process"] = same_scores(
-                pool.score(*batch_args(check)), score_completions(*batch_args(check), cfg=cfg)
-            )
-            for size in batch_sizes:
-                timings[f"batch_{size}"] = timed_calls(
-                    lambda rows, pool=pool: pool.score(*batch_args(rows)), size, calls_for(size), n
+        for repeat in range(args.repeats):  # the pools in an order rotated every repeat
+            for num_actors, cpus_per_actor in pools[repeat % len(pools) :] + pools[: repeat % len(pools)]:
+                pool = RewardActorPool(cfg, num_actors, cpus_per_actor)
+                runs[f"actors_{num_actors}_cpu_{cpus_per_actor}"].append(
+                    measure_pool(pool, batch_args, batch_sizes, calls_for, n, cfg)
                 )
-            timings["stats"] = {
-                k: round(v, 3) if isinstance(v, float) else v for k, v in pool.stats().items()
-            }
-            timings["reward_wait_share"] = round(timings["batch_64"]["p95_ms"] / 1000.0 / args.grpo_step_s, 4)
-            pool.close()
-            result[f"actors_{num_actors}_cpu_{cpus_per_actor}"] = timings
     finally:
         ray.shutdown()
+    keys = ("start_s", *(f"batch_{size}_{figure}" for size in batch_sizes for figure in ("per_s", "p95_ms")))
+    median, spread = median_and_spread(runs, keys)
+    for name, measured in runs.items():
+        wait = median[name]["batch_64_p95_ms"] / 1000.0 / args.grpo_step_s
+        result[name] = {
+            "median": {k: round(v, 2) for k, v in median[name].items()},
+            "spread": spread[name],
+            "reward_wait_share": round(wait, 4),  # the median 64-completion p95 over a GRPO step
+            "same_scores_as_in_process": all(run["same_scores_as_in_process"] for run in measured),
+            "stats_last_repeat": measured[-1]["stats"],
+        }
     result["grpo_step_s"] = args.grpo_step_s
     result["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     return result
@@ -284,7 +314,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--group-size", type=int, default=4, help="completions per truth row (GRPO's G)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="single_core: runs of each configuration")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration (both sections)")
     parser.add_argument("--section", choices=("all", "single_core", "ray_pool"), default="all")
     parser.add_argument("--ray-completions", type=int, default=65_536, help="distinct completions (ray_pool)")
     parser.add_argument("--grpo-step-s", type=float, default=0.5, help="GRPO step time to compare with")
