@@ -50,7 +50,7 @@ from geor_core.errors import UserFacingError  # noqa: E402
 from geor_core.geo.prompts import INSTRUCTION  # noqa: E402
 from geor_core.registry.tracking import tracking_env  # noqa: E402
 from tasks.inference_actor import Decoding, Geolocator  # noqa: E402
-from tasks.ray_session import connect_ray  # noqa: E402
+from tasks.ray_session import check_custom_resources, connect_ray  # noqa: E402
 
 MAX_BATCHES_PER_BLOCK = 8
 BLOCKS_PER_ACTOR = 4  # at least this many input blocks per actor, so no actor idles while others work
@@ -147,13 +147,9 @@ def check_resources(settings: EvalConfig, resources: dict[str, float] | None = N
     import ray
 
     total = ray.cluster_resources()
-    for name, amount in (resources or {}).items():
-        if settings.num_actors * amount > total.get(name, 0):
-            raise UserFacingError(
-                f"cluster.worker_resources asks {amount} {name!r} per actor for eval.num_actors = "
-                f"{settings.num_actors}, but the cluster has {total.get(name, 0)}; start nodes with "
-                "`ray start --resources` or lower it"
-            )
+    check_custom_resources(
+        total, resources, settings.num_actors, f"per actor for eval.num_actors = {settings.num_actors}"
+    )
     need_cpu = settings.num_actors * settings.cpus_per_actor
     if need_cpu > total.get("CPU", 0):
         raise UserFacingError(

@@ -14,6 +14,9 @@ Everywhere, Ray Train's patch of ``print`` in its workers is off (``RAY_TRAIN_EN
 which Ray Train hands on to its workers): it sent each print twice and dumped the bytecode that
 dill disassembles into a captured stream. In quiet mode the driver's INFO logs go to the full log
 and the workers' output is routed (:func:`route_worker_output`).
+
+Before work is placed, :func:`check_custom_resources` refuses a ``cluster.worker_resources`` that
+the cluster cannot give every worker or actor (Ray would wait for it forever).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import socket
 from typing import Any
 
 from geor_core.console import CONSOLE_PREFIX, is_verbose, log_file, quiet_loggers
+from geor_core.errors import UserFacingError
 from geor_core.uris import redact_uri
 
 RAY_HANDLER = "ray_print_logs"  # the name under which Ray prints worker output on the driver
@@ -117,3 +121,17 @@ def route_worker_output() -> None:
         return
     dispatcher.remove_handler(RAY_HANDLER)
     dispatcher.add_handler(RAY_HANDLER, route)
+
+
+def check_custom_resources(
+    total: dict[str, float], resources: dict[str, float] | None, count: int, each: str
+) -> None:
+    """A UserFacingError unless the cluster's ``total`` holds ``count`` x each amount of
+    ``resources`` (``cluster.worker_resources``); ``each`` names the holders, e.g. "per worker for
+    2 workers"."""
+    for name, amount in (resources or {}).items():
+        if count * amount > total.get(name, 0):
+            raise UserFacingError(
+                f"cluster.worker_resources asks {amount} {name!r} {each}, but the cluster has "
+                f"{total.get(name, 0)}; start nodes with `ray start --resources` or lower it"
+            )

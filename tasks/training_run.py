@@ -112,16 +112,11 @@ def check_resources(stage: TrainingConfig, resources: dict[str, float] | None = 
     Ray would wait forever)."""
     import ray
 
-    from tasks.ray_session import connect_ray
+    from tasks.ray_session import check_custom_resources, connect_ray
 
     connect_ray()
     total = ray.cluster_resources()
-    for name, amount in (resources or {}).items():
-        if stage.num_workers * amount > total.get(name, 0):
-            raise UserFacingError(
-                f"cluster.worker_resources asks {amount} {name!r} per worker for {stage.num_workers} workers, "
-                f"but the cluster has {total.get(name, 0)}; start nodes with `ray start --resources` or lower it"
-            )
+    check_custom_resources(total, resources, stage.num_workers, f"per worker for {stage.num_workers} workers")
     need_cpu = stage.num_workers * stage.cpus_per_worker
     if need_cpu > total.get("CPU", 0):
         raise UserFacingError(

@@ -361,3 +361,18 @@ def test_worker_resources_reach_the_train_workers_and_every_actor(monkeypatch):
 def test_worker_resources_are_validated(value, message):
     with pytest.raises(ConfigError, match=re.escape(f"cluster.worker_resources{message}")):
         load_config("test", [f"cluster.worker_resources={value}"])
+
+
+def test_a_cluster_without_enough_of_a_worker_resource_is_refused_naming_it():
+    from geor_core.errors import UserFacingError
+    from tasks.ray_session import check_custom_resources
+
+    total = {"CPU": 3.0, RESOURCE: 4.0}
+    check_custom_resources(total, {RESOURCE: 2}, 2, "per worker for 2 workers")  # exactly enough
+    check_custom_resources(total, None, 8, "per worker for 8 workers")  # nothing asked
+    with pytest.raises(
+        UserFacingError, match=r"asks 2 'trainer' per worker for 3 workers, but the cluster has 4\.0"
+    ):
+        check_custom_resources(total, {RESOURCE: 2}, 3, "per worker for 3 workers")
+    with pytest.raises(UserFacingError, match=r"asks 1 'gpu_node' per actor .* the cluster has 0;"):
+        check_custom_resources(total, {"gpu_node": 1}, 1, "per actor for eval.num_actors = 1")
