@@ -20,13 +20,15 @@ The protocol, fixed before the first run (settings: configs/looks.yaml):
   GRPO (`tasks.grpo.run_grpo`: dr_grpo, the paper reward distance x format, G = 8, temperature
   1, beta 0.001, lr 3e-4, 100 steps of 4 prompts) and the control (`tasks.sft.run_sft`, continued
   SFT on GRPO's own learning-rate schedule: the same peak, warm-up share and cosine decay, laid
-  over the steps expected in GRPO's training seconds at the start's seconds per step, and stopped
-  on its own clock by `sft.max_seconds` = GRPO's training wall-clock, whichever comes first).
-  Samples seen are reported for both. Amended 2026-12-03, twice: (1) the control's steps were
-  GRPO's seconds at the start's seconds per step, measured once; at a slower hour that let it
-  train 17-23% longer than GRPO; (2) the control ran at GRPO's peak learning rate held constant,
-  and at that rate continued SFT was unstable (seed 1 fell below the start on every group), so it
-  now follows GRPO's schedule, decaying as GRPO's does.
+  over its clock, `sft.max_seconds` = GRPO's training wall-clock, with
+  `sft.lr_schedule_over=max_seconds`, so it ends at the end of its schedule when its clock stops
+  it). Samples seen are reported for both. Amended 2026-12-03, three times: (1) the control's
+  steps were GRPO's seconds at the start's seconds per step, measured once; at a slower hour that
+  let it train 17-23% longer than GRPO; (2) the control ran at GRPO's peak learning rate held
+  constant, and at that rate continued SFT was unstable (seed 1 fell below the start on every
+  group), so it followed GRPO's schedule laid over the steps the start's pace predicted; (3) at a
+  slower hour those steps took twice as long, the clock stopped the controls at 50-54% of their
+  cosine, still near half the peak rate, so the schedule is now laid over the clock itself.
 - **Endpoints,** greedy completions on the held-out val + test rows, scored with the paper
   reward: primary, mean reward on ambiguous rows (GRPO - control > 0); co-primary, mean reward on
   clean rows, non-inferior with margin 0.01 (GRPO - control > -0.01). Each by the lower bound of
@@ -58,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESET = "looks"
 MARGIN = 0.01  # non-inferiority on clean rows
 BOOTSTRAP = 2000
+UNBOUNDED_STEPS = 1_000_000  # the control's clock, not its steps, ends it (and its schedule)
 GROUPS = ("ambiguous", "clean")
 
 
@@ -143,10 +146,7 @@ def main() -> None:
     start_local_ray(num_cpus=2, _node_ip_address="127.0.0.1")  # as `geor` starts one
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON
-            runs = {
-                seed: train_arms(work, data, start, seed, sft_s_per_step, args.grpo_overrides)
-                for seed in seeds
-            }
+            runs = {seed: train_arms(work, data, start, seed, args.grpo_overrides) for seed in seeds}
     finally:
         ray.shutdown()
 
@@ -203,9 +203,10 @@ def main() -> None:
 
 
 def train_arms(
-    work: Path, data: str, start: str, seed: int, sft_s_per_step: float, overrides: list[str]
+    work: Path, data: str, start: str, seed: int, overrides: list[str]
 ) -> dict[str, dict[str, Any]]:
     """GRPO (with ``overrides``), then the continued-SFT control given GRPO's training seconds."""
+    from geor_core import uris
     from geor_core.config import load_config
     from tasks.grpo import run_grpo
     from tasks.sft import run_sft
@@ -214,15 +215,14 @@ def train_arms(
     variant = "-" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8] if overrides else ""
     grpo = run_grpo(cfg, data, start, str(work / f"grpo-s{seed}{variant}"))
     seconds = float(grpo.metrics["train_runtime"])
-    expected = max(1, round(seconds / sft_s_per_step))  # the schedule's length; the clock caps it
     g = cfg.grpo
     control_cfg = load_config(PRESET, [
-        f"sft.max_steps={expected}", f"sft.max_seconds={seconds}", f"sft.seed={seed}",
-        f"sft.learning_rate={g.learning_rate}", f"sft.lr_scheduler_type={g.lr_scheduler_type}",
-        f"sft.warmup_ratio={g.warmup_ratio}", f"sft.eval_steps={expected}", f"sft.save_steps={expected}",
+        f"sft.max_steps={UNBOUNDED_STEPS}", f"sft.max_seconds={seconds}", "sft.lr_schedule_over=max_seconds",
+        f"sft.seed={seed}", f"sft.learning_rate={g.learning_rate}", f"sft.lr_scheduler_type={g.lr_scheduler_type}",
+        f"sft.warmup_ratio={g.warmup_ratio}", f"sft.eval_steps={UNBOUNDED_STEPS}", f"sft.save_steps={UNBOUNDED_STEPS}",
     ])  # fmt: skip
     control = run_sft(
-        control_cfg, data, start, str(work / f"control-s{seed}-t{round(seconds)}-{g.lr_scheduler_type}")
+        control_cfg, data, start, str(work / f"control-s{seed}-t{round(seconds)}-{g.lr_scheduler_type}-clock")
     )
     c = control_cfg.sft
     return {
@@ -230,7 +230,7 @@ def train_arms(
                  "photos_seen": grpo.global_step * g.per_device_batch_size // g.num_generations},
         "control": {"export": control.export_uri, "train_s": round(float(control.metrics["train_runtime"]), 1),
                     "steps": control.global_step, "photos_seen": control.global_step * c.per_device_batch_size,
-                    "scheduled_steps": expected},
+                    "stopped_by_clock": bool(uris.read_marker(control.export_uri).get("stopped_by_time_budget"))},
     }  # fmt: skip
 
 

@@ -175,7 +175,7 @@ def setup_worker(config: dict[str, Any], stage: str) -> WorkerSetup:
         RayTrainReportCallback(),
         MlflowMetricsCallback(config["run_id"] if rank == 0 else None, global_batch),
         ConsoleCallback(stage, progress_bar=_driver_drawn_bar),
-        TimeBudgetCallback(settings.max_seconds),
+        TimeBudgetCallback(settings.max_seconds, lr_schedule=_clock_schedule(settings)),
         *FaultInjectionCallback.from_env(rank),
     ]
     monitor = start_system_metrics(cfg, config["run_id"] if rank == 0 else None)
@@ -215,6 +215,13 @@ def finish_worker(
     finally:
         if setup.system_metrics is not None:
             setup.system_metrics.finish()
+
+
+def _clock_schedule(settings: Any) -> tuple[str, float] | None:
+    """(lr_scheduler_type, warmup_ratio) when the stage lays its schedule over its seconds."""
+    if settings.lr_schedule_over != "max_seconds":
+        return None
+    return settings.lr_scheduler_type, settings.warmup_ratio
 
 
 def _time_budget_spent(callbacks: list) -> bool:

@@ -150,16 +150,17 @@ def stop_nodes(*processes: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def wait_for_nodes(cluster: Cluster, nodes: dict[str, tuple[subprocess.Popen, str]]) -> str:
-    """Wait until both nodes are alive; returns the id of the one that carries ``RESOURCE``."""
+def wait_for_nodes(cluster: Cluster, nodes: dict[str, tuple[subprocess.Popen, str]]) -> str | None:
+    """Wait until every node in ``nodes`` is alive; returns the id of the one that carries
+    ``RESOURCE`` (None when none does)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     alive: list[dict[str, Any]] = []
     while True:
         with contextlib.suppress(OSError):  # the dashboard is not up yet
             alive = [node for node in cluster.listed("nodes") if node["state"] == "ALIVE"]
         workers = [node["node_id"] for node in alive if RESOURCE in node["resources_total"]]
-        if len(alive) == 2 and workers:
-            return workers[0]
+        if len(alive) == len(nodes) and (workers or len(nodes) == 1):
+            return workers[0] if workers else None
         exited = [name for name, (process, _) in nodes.items() if process.poll() is not None]
         if exited or time.monotonic() > deadline:
             outputs = "".join(
@@ -204,19 +205,23 @@ def cluster() -> Iterator[Cluster]:
          "--ray-client-server-port", str(ports[12]), *own_ports(0)],
         env, head_dir,
     )  # fmt: skip
-    worker = start_node(  # at once: it waits for the head's GCS
-        [sys.executable, "-c", RAY_ON_LOOPBACK, *common, "--address", f"127.0.0.1:{gcs}", "--num-cpus", "2",
-         "--temp-dir", worker_dir, "--resources", json.dumps({RESOURCE: 4}), *own_ports(6)],
-        env | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}, worker_dir,
-    )  # fmt: skip
     started = Cluster(f"http://127.0.0.1:{dashboard}", env, head_dir)
+    worker = None
     try:
+        # the second node once the head is up: a node that finds no head in the GCS soon enough
+        # exits (seen on a loaded machine)
+        wait_for_nodes(started, {"head": (head, head_dir)})
+        worker = start_node(
+            [sys.executable, "-c", RAY_ON_LOOPBACK, *common, "--address", f"127.0.0.1:{gcs}", "--num-cpus", "2",
+             "--temp-dir", worker_dir, "--resources", json.dumps({RESOURCE: 4}), *own_ports(6)],
+            env | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}, worker_dir,
+        )  # fmt: skip
         started.worker_node_id = wait_for_nodes(
             started, {"head": (head, head_dir), "second node": (worker, worker_dir)}
         )
         yield started
     finally:
-        stop_nodes(worker, head)
+        stop_nodes(*[process for process in (worker, head) if process is not None])
         shutil.rmtree(worker_dir, ignore_errors=True)
         shutil.rmtree(head_dir, ignore_errors=True)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from geor_core.config.fields import ConfigError, _choice, _dict, _list, _plain, _range
+from geor_core.config.fields import _choice, _dict, _list, _plain, _range
 
 
 @dataclass
@@ -153,6 +153,13 @@ class TrainingConfig:
     max_steps: int = _range(-1, -1, doc="-1: run num_epochs")
     max_seconds: float = _range(
         0.0, 0.0, doc="0: no limit; else stop after the step that ends this many seconds into training"
+    )
+    lr_schedule_over: str = _choice(
+        "steps",
+        "steps",
+        "max_seconds",
+        doc="what the learning-rate schedule is laid over: the steps, or the seconds of max_seconds "
+        "(elapsed / max_seconds), so a run its clock stops ends at the end of its schedule",
     )
     logging_steps: int = _range(10, 1, doc="loss and metrics logged every this many steps")
     eval_steps: int = _range(100, 1, doc="validation every this many steps")
@@ -324,17 +331,6 @@ class ClusterConfig:
         "started with it (`ray start --resources`), e.g. {trainer: 1}; amounts > 0, whole above 1. "
         "Empty: on any node",
     )
-
-    def __post_init__(self) -> None:  # built by validation and by code alike: checked here
-        if not isinstance(self.worker_resources, dict):
-            raise ConfigError(f"cluster.worker_resources: got {self.worker_resources!r}, expected a mapping")
-        for name, amount in self.worker_resources.items():
-            key = f"cluster.worker_resources.{name}"
-            if not isinstance(name, str) or name in ("", "CPU", "GPU", "memory", "object_store_memory"):
-                raise ConfigError(f"{key}: not a custom resource (CPUs and GPUs have the stages' own keys)")
-            number = isinstance(amount, int | float) and not isinstance(amount, bool)
-            if not number or not 0 < amount < float("inf") or (amount > 1 and amount != int(amount)):
-                raise ConfigError(f"{key}: got {amount!r}, expected a positive number, whole above 1")
 
 
 @dataclass

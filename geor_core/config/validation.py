@@ -107,6 +107,7 @@ def _check_consistency(cfg: GeorConfig) -> None:
         )
     for name in ("sft", "grpo"):
         _check_training(cfg, name)
+    _check_worker_resources(cfg.cluster.worker_resources)
     g = cfg.grpo
     global_batch = (
         g.global_batch_size or g.per_device_batch_size * g.num_workers * g.gradient_accumulation_steps
@@ -140,11 +141,28 @@ def _check_training(cfg: GeorConfig, name: str) -> None:
             f"model.dtype: got {cfg.model.dtype!r} with {name}.use_gpu=false; DeepSpeed on CPU trains "
             "in float32 (set model.dtype=float32 or auto)"
         )
+    if stage.lr_schedule_over == "max_seconds" and not stage.max_seconds:
+        raise ConfigError(
+            f"{name}.lr_schedule_over: got 'max_seconds' with {name}.max_seconds=0; a schedule over the "
+            f"clock needs a budget (set {name}.max_seconds)"
+        )
     if cfg.model.lora.enabled and stage.zero_stage == 3:
         raise ConfigError(
             f"{name}.zero_stage: got 3 with model.lora.enabled=true; LoRA adapters train under ZeRO 0 or 2 "
             "(the adapters are small; the merged export needs whole weights on one rank)"
         )
+
+
+def _check_worker_resources(resources: Any) -> None:
+    if not isinstance(resources, dict):
+        raise ConfigError(f"cluster.worker_resources: got {resources!r}, expected a mapping")
+    for name, amount in resources.items():
+        key = f"cluster.worker_resources.{name}"
+        if not isinstance(name, str) or name in ("", "CPU", "GPU", "memory", "object_store_memory"):
+            raise ConfigError(f"{key}: not a custom resource (CPUs and GPUs have the stages' own keys)")
+        number = isinstance(amount, int | float) and not isinstance(amount, bool)
+        if not number or not 0 < amount < float("inf") or (amount > 1 and amount != int(amount)):
+            raise ConfigError(f"{key}: got {amount!r}, expected a positive number, whole above 1")
 
 
 def build_config(values: dict[str, Any]) -> GeorConfig:
