@@ -1,19 +1,30 @@
 """The driver side of the Ray Train stages (SFT, GRPO): checks made before any worker starts,
-scaling and run configs, and the launch inside the stage's MLflow run (see training_worker for
-what each worker does)."""
+scaling and run configs, the training rows as a Ray Dataset, and the launch inside the stage's
+MLflow run (see training_worker for what each worker does).
+
+The train split reaches the workers as a Ray Dataset (``read_split``), never as a table each
+worker reads whole: ``ray.data.read_parquet`` over the prepared output's ``data/`` files (local or
+``s3://``, through ``uris.pyarrow_filesystem``), its split and group filters and columns pushed
+down to the scan. Its read tasks ask for no CPU: they move a few hundred bytes of text a row, and
+a Train worker group may hold every CPU of the cluster (two 1-CPU workers on 2 CPUs), where a
+1-CPU read task would never be scheduled and training would wait forever. For the same reason it
+uses Ray Data's first Parquet reader (``use_datasource_v2`` off for this read only): the second
+lists the files in a 1-CPU task of its own, which took 20 s to 2 min to get a worker on the
+2-core machine (the first reader lists on the driver, 0.2 s for the test world)."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from geor_core import uris
 from geor_core.config import GeorConfig, TrainingConfig
 from geor_core.data.cor_rows import OUTPUT_SCHEMA
-from geor_core.data.dataset import require_prepared
+from geor_core.data.dataset import DATA_DIR, parquet_files, require_prepared
 from geor_core.errors import UserFacingError
 from geor_core.ownership import check_output, claim_output
 from geor_core.registry.dataset_inputs import log_dataset
@@ -133,6 +144,41 @@ def check_resources(stage: TrainingConfig, resources: dict[str, float] | None = 
 MODEL_DIR = "model"
 
 
+def read_split(data_uri: str, split: str, columns: list[str], groups: list[str] | None = None) -> Any:
+    """A Ray Dataset of one split of a complete prepared output (``columns`` only; the rows whose
+    ``group`` is one of ``groups`` when given), its files in their sorted order (module docstring)."""
+    import ray.data
+    from ray.data.expressions import col
+
+    fs, files = parquet_files(uris.join(data_uri, DATA_DIR))
+    context = ray.data.DataContext.get_current()
+    v2, context.use_datasource_v2 = context.use_datasource_v2, False  # the reader is chosen here
+    try:  # one read task per file: block boundaries that do not depend on the cluster's size
+        dataset = ray.data.read_parquet(files, filesystem=fs, num_cpus=0, override_num_blocks=len(files))
+    finally:
+        context.use_datasource_v2 = v2
+    rows = col("split") == split
+    if groups:
+        rows = rows & col("group").is_in(list(groups))
+    return dataset.filter(expr=rows).select_columns(columns)
+
+
+def split_rows(data_uri: str, split: str) -> int:
+    """Rows of ``split`` in a complete prepared output, from its marker's statistics."""
+    marker = require_prepared(data_uri)
+    return int(marker.get("stats", marker).get("splits", {}).get(split, 0))
+
+
+@dataclass
+class TrainData:
+    """What a stage's driver hands its TorchTrainer: the Ray Datasets and their DataConfig, and
+    entries for the workers' loop config (row counts, step counts they derive from the split)."""
+
+    datasets: dict[str, Any]
+    dataset_config: Any
+    loop: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class TrainingResult:
     """What a training stage produced: the HF export and how the run went."""
@@ -168,6 +214,7 @@ def launch_training(
     overwrite: bool = False,
     callbacks: list | None = None,
     log_model: bool = True,
+    train_data: Callable[[], TrainData] | None = None,
 ) -> TrainingResult:
     """Run ``worker_loop`` on a Ray Train TorchTrainer for ``stage`` ("sft" or "grpo"), inside the
     stage's MLflow run; skip when ``<output>/model`` is complete; resume when checkpoints exist.
@@ -177,7 +224,9 @@ def launch_training(
     (geor_core/ownership.py: refused when geor did not write it, or when it is or holds the data or
     the model); ``overwrite`` then deletes only what the stage writes there (``ray/``, ``model/``).
     ``callbacks``: extra Ray Train callbacks for the RunConfig (a sweep trial's Tune reporter).
-    ``log_model``: False for a sweep trial, whose export is exploration, not a candidate."""
+    ``log_model``: False for a sweep trial, whose export is exploration, not a candidate.
+    ``train_data``: called once the inputs are checked (Ray is up then), the datasets the workers
+    stream their rows from."""
     export_uri = uris.join(output_uri, MODEL_DIR)
     ownership = {
         "inputs": {"data": data_uri, "model": model_uri},
@@ -213,10 +262,15 @@ def launch_training(
             # a folder name: each node's workers make it in their own temp dir, never the driver's
             "scratch": f"geor-{stage}-{uuid.uuid4().hex[:12]}",
         }
+        data = train_data() if train_data is not None else None
+        if data is not None:
+            loop_config |= data.loop
         os.environ.setdefault(POLL_INTERVAL_ENV, str(TRAIN_POLL_INTERVAL_S))
         trainer = TorchTrainer(
             train_loop_per_worker=worker_loop,
             train_loop_config=loop_config,
+            datasets=(data.datasets or None) if data is not None else None,
+            dataset_config=data.dataset_config if data is not None else None,
             scaling_config=scaling_config(settings, cfg.cluster.worker_resources),
             run_config=run_config(settings, output_uri, stage, metric=metric, mode=mode, callbacks=callbacks),
         )

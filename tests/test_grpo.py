@@ -14,7 +14,7 @@ from geor_core import uris
 from geor_core.config import load_config
 from geor_core.data.dataset import group_counts, read_prepared
 from geor_core.errors import UserFacingError
-from geor_core.training.grpo_setup import GRPO_COLUMNS
+from geor_core.training.grpo_setup import GRPO_COLUMNS, grpo_train_rows, trainer_rows_consumed
 from tasks.grpo import run_grpo
 from tasks.training_worker import FAULT_STEP_ENV
 
@@ -49,7 +49,9 @@ def test_two_workers_update_every_parameter_log_every_component_and_resume_a_kil
     assert result.global_step == 4
     marker = uris.read_marker(result.export_uri)
     assert marker["ref_model_loaded"] is True  # beta = 0.04 in the test preset
-    assert marker["train_rows"] == group_counts(prepared_world, "train")["clean"] > 0
+    # every rank held only the rows TRL draws in 4 steps (2 prompts a step), not the split
+    clean = group_counts(prepared_world, "train")["clean"]
+    assert marker["train_split_rows"] == clean > marker["train_rows"] == grpo_train_rows(cfg, clean) == 8
 
     before = load_file(f"{sft_checkpoint.export_uri}/model.safetensors")
     after = load_file(f"{result.export_uri}/model.safetensors")
@@ -97,3 +99,57 @@ def test_train_groups_select_the_rows_grpo_trains_on_and_an_empty_choice_is_refu
     ):
         run_grpo(cfg, prepared_world, str(tmp_path / "model"), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    ("workers", "per_device", "accumulation", "generations", "max_steps"),
+    [(1, 4, 1, 4, 6), (2, 4, 1, 4, 4), (2, 8, 2, 4, 5), (1, 16, 1, 8, 200), (4, 2, 3, 4, 7)],
+)
+def test_grpo_workers_hold_exactly_the_rows_trls_sampler_draws(
+    workers, per_device, accumulation, generations, max_steps
+):
+    """K rows, K from the driver's arithmetic: TRL's own RepeatSampler over those K rows draws each
+    of them in ``max_steps`` steps (none left unread, none needed beyond), and K is far below a
+    large split, so no worker holds the split."""
+    from trl.trainer.utils import RepeatSampler
+
+    cfg = load_config(
+        "test",
+        [
+            f"grpo.num_workers={workers}",
+            f"grpo.per_device_batch_size={per_device}",
+            f"grpo.gradient_accumulation_steps={accumulation}",
+            f"grpo.num_generations={generations}",
+            f"grpo.max_steps={max_steps}",
+        ],
+    )
+    split = 100_000
+    held = grpo_train_rows(cfg, split)
+    generation_batch = per_device * workers * accumulation  # GRPOConfig's defaults
+    sampler = RepeatSampler(
+        range(held), generations, generation_batch // generations, repeat_count=accumulation, seed=0
+    )
+    # a DataLoader fetch is a whole generation batch across ranks, once per micro-step
+    samples = generation_batch * accumulation * max_steps
+    drawn = [index for index, _ in zip(sampler, range(samples), strict=False)]
+    assert len(drawn) == samples and set(drawn) == set(range(held)) and held < split
+    assert grpo_train_rows(cfg, 5) == 5  # capped by the split
+    epoch_based = load_config("test", ["grpo.max_steps=-1"])
+    assert grpo_train_rows(epoch_based, split) == split
+
+
+def test_the_drivers_row_count_matches_a_built_grpo_config(tmp_path):
+    """The driver counts with GRPOConfig's defaults; the worker checks against the real config."""
+    from trl import GRPOConfig
+
+    cfg = load_config("test", ["grpo.gradient_accumulation_steps=2", "grpo.max_steps=5"])
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=cfg.grpo.per_device_batch_size,
+        gradient_accumulation_steps=2,
+        num_generations=cfg.grpo.num_generations,
+        max_steps=5,
+        use_cpu=True,
+        report_to="none",
+    )
+    assert trainer_rows_consumed(args, 10_000) == grpo_train_rows(cfg, 10_000) == 10

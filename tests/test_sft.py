@@ -64,12 +64,17 @@ def test_two_workers_train_and_export_and_resume_a_killed_worker(
     monkeypatch.setenv(FAULT_STEP_ENV, f"10:1:{tmp_path / 'killed-once'}")
     overrides += ["sft.save_steps=4", "sft.eval_steps=4", "sft.max_failures=1"]
     overrides += ["sft.max_seconds=3600"]  # a budget never spent: the ranks agree on it every step
+    overrides += ["sft.stream_rows_above=0"]  # the split streams through Ray Data, however small
     output = str(tmp_path / "out")
     result = run_sft(load_config("test", overrides), prepared_world, str(tiny_model_dir), output)
     assert not result.skipped and result.global_step == 12
     assert (tmp_path / "killed-once").exists(), "the fault was never injected"
     assert result.resumed_from_step in (4, 8), f"resumed from step {result.resumed_from_step}"
     assert uris.read_marker(result.export_uri)["stopped_by_time_budget"] is False
+    # rank 0 streamed its shard: the rows of its 12 steps (and the batches prefetched), never the split
+    streamed = uris.read_marker(result.export_uri)
+    assert streamed["train_streamed"] is True
+    assert 0 < streamed["train_rows_held"] < streamed["train_split_rows"] // 2, streamed
     _assert_trained_export(result, tiny_model_dir)
 
     from mlflow import MlflowClient
@@ -165,6 +170,19 @@ def test_shared_sft_checkpoint_learns_the_chain_format(sft_checkpoint, prepared_
     print(json.dumps({"sft_learning": scores, "rows": len(rows)}))
     assert scores["sft"]["format_rate"] >= 0.9
     assert scores["sft"]["country_acc"] >= scores["untrained"]["country_acc"] + 0.4
+
+
+def test_a_streamed_split_runs_the_steps_of_its_epochs():
+    """A stream has no length: sft.max_steps <= 0 becomes the steps of num_epochs passes over each
+    worker's equal share, as the Trainer counts a map-style split; a set max_steps is kept."""
+    from geor_core.training.sft_setup import streamed_max_steps
+
+    two = load_config("test", [*TWO_WORKERS, "sft.max_steps=-1", "sft.num_epochs=2"]).sft
+    assert streamed_max_steps(two, 544) == 2 * 68  # 272 rows a worker, 4 a batch
+    assert streamed_max_steps(two, 545) == 2 * 68  # the equal split drops the odd row
+    accumulated = load_config("test", ["sft.max_steps=-1", "sft.gradient_accumulation_steps=3"]).sft
+    assert streamed_max_steps(accumulated, 100) == 5  # 13 batches of 8, 3 a step
+    assert streamed_max_steps(load_config("test").sft, 10**6) == 300
 
 
 def test_cpu_workers_never_compile_deepspeeds_shared_memory_op():

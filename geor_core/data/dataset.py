@@ -13,6 +13,7 @@ Downstream stages call ``read_prepared(uri, split)``; it refuses an output witho
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -69,11 +70,28 @@ def read_prepared(
     ``group`` (``prepare.group_col``) is one of ``groups``, and some columns."""
     require_prepared(uri)
     dataset = _dataset(uris.join(uri, DATA_DIR), OUTPUT_SCHEMA)
+    return dataset.to_table(columns=columns, filter=_row_filter(split, groups))
+
+
+def iter_prepared(
+    uri: str, split: str, columns: list[str], groups: list[str] | None = None, batch_rows: int = 4096
+) -> Iterator[pa.Table]:
+    """``read_prepared``'s rows as tables of at most ``batch_rows`` rows, read as they are needed."""
+    require_prepared(uri)
+    dataset = _dataset(uris.join(uri, DATA_DIR), OUTPUT_SCHEMA)
+    for batch in dataset.to_batches(
+        columns=columns, filter=_row_filter(split, groups), batch_size=batch_rows
+    ):
+        if batch.num_rows:
+            yield pa.Table.from_batches([batch])
+
+
+def _row_filter(split: str | None, groups: list[str] | None) -> pc.Expression | None:
     row_filter = None if split is None else pc.field("split") == split
     if groups:
         in_groups = pc.field("group").isin(list(groups))
         row_filter = in_groups if row_filter is None else row_filter & in_groups
-    return dataset.to_table(columns=columns, filter=row_filter)
+    return row_filter
 
 
 def group_counts(uri: str, split: str) -> dict[str | None, int]:

@@ -15,10 +15,18 @@ Choices:
   prompt): ``eval_reward`` ranks checkpoints and ``eval_rewards/acc_200km/mean`` etc. report
   accuracy.
 - Timing: ``timing/generation_s`` (a thin ``_generate`` wrapper) and ``timing/reward_s``.
+- The rows a run consumes: TRL's RepeatSampler draws ``generation_batch_size / num_generations``
+  prompts per generation, a generation serves ``steps_per_generation x num_iterations``
+  micro-steps, ``gradient_accumulation_steps`` of them an optimizer step (GRPOConfig's defaults,
+  which we keep: ``steps_per_generation = gradient_accumulation_steps``, ``generation_batch_size =
+  per_device x workers x steps_per_generation``, ``num_iterations = 1``). ``grpo_rows_consumed``
+  counts the prompts ``max_steps`` steps draw; a dataset of exactly that many rows is drawn whole,
+  once, in a seeded order (tasks/grpo.py holds only those).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from functools import partial
@@ -32,10 +40,60 @@ from geor_core.data.images import load_image
 from geor_core.geo.prompts import user_turn
 from geor_core.scoring import rewards
 from geor_core.scoring.rewards import Truth
-from geor_core.training.sft_setup import trainer_arguments
+from geor_core.training.sft_setup import per_device_batch_size, trainer_arguments
 
 GRPO_COLUMNS = ["id", "image", *rewards.TRUTH_COLUMNS]
 Scorer = Callable[[list, Truth], dict[str, np.ndarray]]
+
+
+def grpo_rows_consumed(
+    *,
+    max_steps: int,
+    generation_batch_size: int,
+    num_generations: int,
+    steps_per_generation: int,
+    num_iterations: int,
+    gradient_accumulation_steps: int,
+    split_rows: int,
+) -> int:
+    """Distinct prompts TRL's GRPOTrainer draws in ``max_steps`` optimizer steps, at most
+    ``split_rows`` (all of them when ``max_steps <= 0``: the run is epoch-based); the arguments
+    are GRPOConfig's fields of the same names (module docstring)."""
+    if max_steps <= 0:
+        return split_rows
+    steps_per_draw = steps_per_generation * num_iterations / gradient_accumulation_steps
+    draws = math.ceil(max_steps / steps_per_draw)
+    return min(draws * (generation_batch_size // num_generations), split_rows)
+
+
+def grpo_train_rows(cfg: GeorConfig, split_rows: int) -> int:
+    """``grpo_rows_consumed`` for the ``grpo`` section, with GRPOConfig's defaults for what it
+    does not set (module docstring), before any trainer exists (the driver's count)."""
+    g = cfg.grpo
+    accumulation = g.gradient_accumulation_steps
+    return grpo_rows_consumed(
+        max_steps=g.max_steps,
+        generation_batch_size=per_device_batch_size(g) * g.num_workers * accumulation,
+        num_generations=g.num_generations,
+        steps_per_generation=accumulation,
+        num_iterations=1,
+        gradient_accumulation_steps=accumulation,
+        split_rows=split_rows,
+    )
+
+
+def trainer_rows_consumed(args: Any, split_rows: int) -> int:
+    """``grpo_rows_consumed`` from a built trainer's GRPOConfig (the worker's check of the
+    driver's count)."""
+    return grpo_rows_consumed(
+        max_steps=args.max_steps,
+        generation_batch_size=args.generation_batch_size,
+        num_generations=args.num_generations,
+        steps_per_generation=args.steps_per_generation,
+        num_iterations=args.num_iterations,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        split_rows=split_rows,
+    )
 
 
 def _examples(batch: dict[str, list], model: ModelConfig) -> dict[str, list]:

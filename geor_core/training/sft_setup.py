@@ -3,12 +3,18 @@
 The same construction runs inside each Ray Train worker (tasks/sft.py) and bare in one process
 (benchmarks/sft.py), so the two measure the same work. Choices:
 
-- Rows come from a `geor prepare` output as an Arrow table of id, image URI and CoR target (text
-  only, a few hundred bytes a row); images are decoded per batch by a dataset transform, straight
-  down to ``model.max_pixels`` (geor_core.data.images), never held in memory. A photo over
+- Rows are id, image URI and CoR target (text only, a few hundred bytes a row). Bare (the
+  benchmarks) they are an Arrow table whose images a dataset transform decodes per batch. On Ray
+  Train (tasks/sft.py) the trainer is built over a small map-style dataset (the val rows, or a
+  one-row placeholder: TRL peeks at its first row to see an ``image``) and the worker then swaps
+  in its stream of collated batches; ``StreamCollate`` turns a batch of rows into TRL's own
+  vision collation, so the loss masking stays TRL's either way. Images are decoded straight down
+  to ``model.max_pixels`` (geor_core.data.images), never held beyond their batch. A photo over
   ``model.max_image_pixels`` ends training with an error naming it, as a missing photo does.
-  TRL sees a vision dataset (an ``image`` column), skips its own preprocessing and collates
-  prompt + completion through the processor, with loss on the completion only.
+- With a stream there is no length, so ``streamed_max_steps`` turns ``num_epochs`` into steps
+  the way the Trainer does for a map-style split: each of the workers' equal shares
+  (``rows // workers``) in batches of ``per_device_batch_size``, ``gradient_accumulation_steps``
+  batches an optimizer step, times ``num_epochs``, rounded up.
 - Activation (gradient) checkpointing is off (TRL turns it on by default; 25% slower on CPU,
   docs/design.md).
 - DeepSpeed from ``deepspeed_config``; fp32 on CPU, bf16 on GPU. Nothing is reported to
@@ -17,6 +23,9 @@ The same construction runs inside each Ray Train worker (tasks/sft.py) and bare 
 
 from __future__ import annotations
 
+import math
+import threading
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -56,6 +65,59 @@ def sft_dataset(table: pa.Table, model: ModelConfig) -> Any:
     return dataset
 
 
+def streamed_max_steps(stage: TrainingConfig, train_rows: int) -> int:
+    """``stage.max_steps`` when set, else the optimizer steps of ``num_epochs`` passes over a
+    ``train_rows`` split streamed in equal shares to ``num_workers`` workers (module docstring)."""
+    if stage.max_steps > 0:
+        return stage.max_steps
+    batches = math.ceil(max(train_rows // stage.num_workers, 1) / per_device_batch_size(stage))
+    return max(math.ceil(stage.num_epochs * math.ceil(batches / stage.gradient_accumulation_steps)), 1)
+
+
+def placeholder_dataset() -> Any:
+    """One in-memory example (a blank image), for building the trainer when there are no val rows:
+    TRL's SFTTrainer wants a ``datasets.Dataset`` and peeks at its first row. Never trained on."""
+    import datasets
+    from PIL import Image
+
+    rows = {
+        "prompt": [user_turn()],
+        "completion": [assistant_turn("")],
+        "image": [Image.new("RGB", (28, 28))],
+    }
+    return datasets.Dataset.from_dict(rows)
+
+
+def _locked(collate: Any, lock: threading.Lock) -> Any:
+    def collate_locked(examples: list[dict[str, Any]]) -> Any:
+        with lock:
+            return collate(examples)
+
+    return collate_locked
+
+
+class StreamCollate:
+    """A batch of streamed rows (column -> values, e.g. Ray Data's numpy batch of image URI and
+    target) -> the tensors of TRL's own data collator. Images are decoded here, outside any lock,
+    so the caller's prefetch thread does it ahead of the step; the collator itself runs under a
+    lock that the trainer's own collator (its eval batches, on the main thread) shares, because a
+    fast tokenizer must not be entered by two threads at once. ``rows``: the rows it collated."""
+
+    def __init__(self, trainer: Any, model: ModelConfig) -> None:
+        self.model = model
+        self.lock = threading.Lock()
+        self.collator = trainer.data_collator
+        self.rows = 0
+        trainer.data_collator = _locked(self.collator, self.lock)
+
+    def __call__(self, batch: Mapping[str, Sequence]) -> Any:
+        columns = _examples({"target": list(batch["target"]), "image": list(batch["image"])}, self.model)
+        examples = [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+        with self.lock:
+            self.rows += len(examples)
+            return self.collator(examples)
+
+
 def trainer_arguments(stage: TrainingConfig, output_dir: str, *, has_eval: bool) -> dict[str, Any]:
     """The Hugging Face Trainer arguments SFT and GRPO share, from a stage section."""
     batch = per_device_batch_size(stage)
@@ -90,12 +152,16 @@ def trainer_arguments(stage: TrainingConfig, output_dir: str, *, has_eval: bool)
     )
 
 
-def sft_arguments(cfg: GeorConfig, output_dir: str, *, has_eval: bool) -> Any:
-    """TRL SFTConfig from the ``sft`` section: loss on the completion only, no truncation."""
+def sft_arguments(cfg: GeorConfig, output_dir: str, *, has_eval: bool, max_steps: int | None = None) -> Any:
+    """TRL SFTConfig from the ``sft`` section: loss on the completion only, no truncation;
+    ``max_steps`` replaces ``sft.max_steps`` (a streamed split's, from ``streamed_max_steps``)."""
     from trl import SFTConfig
 
+    arguments = trainer_arguments(cfg.sft, output_dir, has_eval=has_eval)
+    if max_steps is not None:
+        arguments["max_steps"] = max_steps
     return SFTConfig(
-        **trainer_arguments(cfg.sft, output_dir, has_eval=has_eval),
+        **arguments,
         completion_only_loss=True,
         max_length=None,
     )
@@ -105,20 +171,29 @@ def build_sft_trainer(
     cfg: GeorConfig,
     model: Any,
     processor: Any,
-    train_table: pa.Table,
+    train_table: pa.Table | None,
     eval_table: pa.Table | None,
     output_dir: str,
     callbacks: list | None = None,
+    *,
+    max_steps: int | None = None,
 ) -> Any:
-    """TRL's SFTTrainer over prepared CoR rows; ``model`` may carry LoRA adapters already."""
+    """TRL's SFTTrainer over prepared CoR rows; ``model`` may carry LoRA adapters already.
+    ``train_table=None``: built over the val rows (or a placeholder) for a caller that then sets
+    ``train_dataset`` to its stream, with ``max_steps`` (a stream has no length)."""
     from trl import SFTTrainer
 
     has_eval = eval_table is not None and eval_table.num_rows > 0
+    eval_dataset = sft_dataset(eval_table, cfg.model) if has_eval else None
+    if train_table is not None:
+        train_dataset = sft_dataset(train_table, cfg.model)
+    else:
+        train_dataset = eval_dataset if eval_dataset is not None else placeholder_dataset()
     return SFTTrainer(
         model=model,
-        args=sft_arguments(cfg, output_dir, has_eval=has_eval),
-        train_dataset=sft_dataset(train_table, cfg.model),
-        eval_dataset=sft_dataset(eval_table, cfg.model) if has_eval else None,
+        args=sft_arguments(cfg, output_dir, has_eval=has_eval, max_steps=max_steps),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=processor,
         callbacks=callbacks or [],
     )
