@@ -2,10 +2,10 @@
 scaling and run configs, the training rows as a Ray Dataset, and the launch inside the stage's
 MLflow run (see training_worker for what each worker does).
 
-The train split reaches the workers as a Ray Dataset (``read_split``), never as a table each
-worker reads whole: ``ray.data.read_parquet`` over the prepared output's ``data/`` files (local or
-``s3://``, through ``uris.pyarrow_filesystem``), its split and group filters and columns pushed
-down to the scan. Its read tasks ask for no CPU: they move a few hundred bytes of text a row, and
+A large SFT train split reaches the workers as a Ray Dataset (``read_split``; tasks/sft.py says
+when), never as a table each worker reads whole: ``ray.data.read_parquet`` over the prepared
+output's ``data/`` files (local or ``s3://``, through ``uris.pyarrow_filesystem``), its split
+filter and columns pushed down to the scan. Its read tasks ask for no CPU: they move a few hundred bytes of text a row, and
 a Train worker group may hold every CPU of the cluster (two 1-CPU workers on 2 CPUs), where a
 1-CPU read task would never be scheduled and training would wait forever. For the same reason it
 uses Ray Data's first Parquet reader (``use_datasource_v2`` off for this read only): the second
@@ -144,9 +144,9 @@ def check_resources(stage: TrainingConfig, resources: dict[str, float] | None = 
 MODEL_DIR = "model"
 
 
-def read_split(data_uri: str, split: str, columns: list[str], groups: list[str] | None = None) -> Any:
-    """A Ray Dataset of one split of a complete prepared output (``columns`` only; the rows whose
-    ``group`` is one of ``groups`` when given), its files in their sorted order (module docstring)."""
+def read_split(data_uri: str, split: str, columns: list[str]) -> Any:
+    """A Ray Dataset of one split of a complete prepared output (``columns`` only), its files in
+    their sorted order (module docstring)."""
     import ray.data
     from ray.data.expressions import col
 
@@ -157,10 +157,7 @@ def read_split(data_uri: str, split: str, columns: list[str], groups: list[str] 
         dataset = ray.data.read_parquet(files, filesystem=fs, num_cpus=0, override_num_blocks=len(files))
     finally:
         context.use_datasource_v2 = v2
-    rows = col("split") == split
-    if groups:
-        rows = rows & col("group").is_in(list(groups))
-    return dataset.filter(expr=rows).select_columns(columns)
+    return dataset.filter(expr=col("split") == split).select_columns(columns)
 
 
 def split_rows(data_uri: str, split: str) -> int:

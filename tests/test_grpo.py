@@ -151,5 +151,6 @@ def test_the_drivers_row_count_matches_a_built_grpo_config(tmp_path):
         max_steps=5,
         use_cpu=True,
         report_to="none",
+        activation_checkpointing=False,  # as the stage sets it; its old name warns
     )
     assert trainer_rows_consumed(args, 10_000) == grpo_train_rows(cfg, 10_000) == 10
