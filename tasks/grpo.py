@@ -53,7 +53,7 @@ def run_grpo(
     """Optimise ``model_uri`` with GRPO on the prepared rows at ``data_uri``; export to
     ``<output_uri>/model``. ``callbacks``: extra Ray Train callbacks (a sweep trial's reporter);
     ``log_model``: whether a tracked run logs its export as an MLflow model (not for sweep trials)."""
-    check_train_groups(cfg, data_uri)
+    group_rows = train_group_rows(cfg, data_uri)
     return launch_training(
         cfg,
         "grpo",
@@ -66,18 +66,17 @@ def run_grpo(
         overwrite=overwrite,
         callbacks=callbacks,
         log_model=log_model,
-        train_data=lambda: grpo_train_data(cfg, data_uri),
+        train_data=lambda marker: grpo_train_data(
+            cfg, split_rows(marker, "train") if group_rows is None else group_rows
+        ),
     )
 
 
-def grpo_train_data(cfg: GeorConfig, data_uri: str) -> TrainData:
-    """No dataset for Ray Train: the rows each worker keeps (K) and the split's size, counted on
-    the driver (module docstring)."""
+def grpo_train_data(cfg: GeorConfig, rows: int) -> TrainData:
+    """No dataset for Ray Train: the rows each worker keeps (K) of the ``rows`` it may draw from,
+    counted on the driver (module docstring)."""
     from geor_core.training.grpo_setup import grpo_train_rows
 
-    groups = cfg.grpo.train_groups
-    rows = sum(n for g, n in group_counts(data_uri, "train").items() if g in groups) if groups else None
-    rows = split_rows(data_uri, "train") if rows is None else rows
     return TrainData({}, None, {"train_rows": grpo_train_rows(cfg, rows), "train_split_rows": rows})
 
 
@@ -106,17 +105,20 @@ def check_same_rows(table: pa.Table) -> None:
         raise RuntimeError(f"the ranks hold different GRPO training rows (digests by rank: {digests})")
 
 
-def check_train_groups(cfg: GeorConfig, data_uri: str) -> None:
-    """``grpo.train_groups`` leaves training rows to train on, else a UserFacingError naming the
-    groups the data has."""
+def train_group_rows(cfg: GeorConfig, data_uri: str) -> int | None:
+    """The training rows in ``grpo.train_groups`` (None when unset: the whole split); a
+    UserFacingError naming the groups the data has when there are none."""
     groups = cfg.grpo.train_groups
-    if groups:
-        found = group_counts(data_uri, "train")
-        if not any(found.get(group) for group in groups):
-            raise UserFacingError(
-                f"grpo.train_groups={groups}: no training row of {data_uri} is in those groups "
-                f"(rows by group: {found}; a group column comes from prepare.group_col)"
-            )
+    if not groups:
+        return None
+    found = group_counts(data_uri, "train")
+    rows = sum(n for group, n in found.items() if group in groups)
+    if not rows:
+        raise UserFacingError(
+            f"grpo.train_groups={groups}: no training row of {data_uri} is in those groups "
+            f"(rows by group: {found}; a group column comes from prepare.group_col)"
+        )
+    return rows
 
 
 def grpo_worker_loop(config: dict[str, Any]) -> None:

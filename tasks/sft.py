@@ -62,7 +62,7 @@ def check_inputs(cfg: GeorConfig, data_uri: str, model_uri: str) -> dict[str, An
     return check_training_inputs(cfg, "sft", data_uri, model_uri)
 
 
-def sft_train_data(cfg: GeorConfig, data_uri: str) -> TrainData:
+def sft_train_data(cfg: GeorConfig, data_uri: str, marker: dict[str, Any]) -> TrainData:
     """The train split as a Ray Dataset split across the workers, in a seeded block order, and the
     step count of the run; or, for a split of at most ``sft.stream_rows_above`` rows, no dataset:
     each worker reads it whole (module docstring)."""
@@ -70,7 +70,7 @@ def sft_train_data(cfg: GeorConfig, data_uri: str) -> TrainData:
 
     from geor_core.training.sft_setup import SFT_COLUMNS, streamed_max_steps
 
-    rows = split_rows(data_uri, "train")
+    rows = split_rows(marker, "train")
     if rows <= cfg.sft.stream_rows_above:
         return TrainData({}, None, {"stream": False, "train_split_rows": rows})
     dataset = read_split(data_uri, "train", SFT_COLUMNS).randomize_block_order(seed=cfg.sft.seed)
@@ -95,7 +95,7 @@ def run_sft(
         metric="eval_loss",
         mode="min",
         overwrite=overwrite,
-        train_data=lambda: sft_train_data(cfg, data_uri),
+        train_data=lambda marker: sft_train_data(cfg, data_uri, marker),
     )
 
 

@@ -160,9 +160,8 @@ def read_split(data_uri: str, split: str, columns: list[str]) -> Any:
     return dataset.filter(expr=col("split") == split).select_columns(columns)
 
 
-def split_rows(data_uri: str, split: str) -> int:
+def split_rows(marker: dict[str, Any], split: str) -> int:
     """Rows of ``split`` in a complete prepared output, from its marker's statistics."""
-    marker = require_prepared(data_uri)
     return int(marker.get("stats", marker).get("splits", {}).get(split, 0))
 
 
@@ -211,7 +210,7 @@ def launch_training(
     overwrite: bool = False,
     callbacks: list | None = None,
     log_model: bool = True,
-    train_data: Callable[[], TrainData] | None = None,
+    train_data: Callable[[dict[str, Any]], TrainData] | None = None,
 ) -> TrainingResult:
     """Run ``worker_loop`` on a Ray Train TorchTrainer for ``stage`` ("sft" or "grpo"), inside the
     stage's MLflow run; skip when ``<output>/model`` is complete; resume when checkpoints exist.
@@ -222,8 +221,8 @@ def launch_training(
     the model); ``overwrite`` then deletes only what the stage writes there (``ray/``, ``model/``).
     ``callbacks``: extra Ray Train callbacks for the RunConfig (a sweep trial's Tune reporter).
     ``log_model``: False for a sweep trial, whose export is exploration, not a candidate.
-    ``train_data``: called once the inputs are checked (Ray is up then), the datasets the workers
-    stream their rows from."""
+    ``train_data``: called with the data's marker once the inputs are checked (Ray is up then), the
+    datasets the workers stream their rows from."""
     export_uri = uris.join(output_uri, MODEL_DIR)
     ownership = {
         "inputs": {"data": data_uri, "model": model_uri},
@@ -234,7 +233,7 @@ def launch_training(
     if done is not None:
         print(f"geor {stage}: {export_uri} is complete (step {done.get('global_step')}); skipped")
         return TrainingResult(export_uri, True, int(done.get("global_step", 0)), 0, done.get("metrics", {}))
-    check_training_inputs(cfg, stage, data_uri, model_uri)
+    data_marker = check_training_inputs(cfg, stage, data_uri, model_uri)
     owned = claim_output(output_uri, stage, **ownership)
     if overwrite:
         owned.remove(MODEL_DIR, RAY_DIR)
@@ -259,7 +258,7 @@ def launch_training(
             # a folder name: each node's workers make it in their own temp dir, never the driver's
             "scratch": f"geor-{stage}-{uuid.uuid4().hex[:12]}",
         }
-        data = train_data() if train_data is not None else None
+        data = train_data(data_marker) if train_data is not None else None
         if data is not None:
             loop_config |= data.loop
         os.environ.setdefault(POLL_INTERVAL_ENV, str(TRAIN_POLL_INTERVAL_S))
