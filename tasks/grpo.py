@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from geor_core.config import GeorConfig
-from geor_core.data.dataset import group_counts, iter_prepared, read_prepared
+from geor_core.data.dataset import group_counts, head_prepared, iter_prepared, read_prepared
 from geor_core.data.row_sample import sample_rows
 from geor_core.errors import UserFacingError
 from tasks.training_run import TrainData, TrainingResult, launch_training, split_rows
@@ -133,7 +133,7 @@ def grpo_worker_loop(config: dict[str, Any]) -> None:
     cfg = setup.cfg
     train = held_rows(cfg, config["data_uri"], config["train_rows"], config["train_split_rows"])
     check_same_rows(train)
-    val = read_prepared(config["data_uri"], "val", GRPO_COLUMNS).slice(0, cfg.grpo.val_rows)
+    val = head_prepared(config["data_uri"], "val", GRPO_COLUMNS, cfg.grpo.val_rows)
     pool = RewardActorPool(
         cfg.reward,
         cfg.grpo.reward_actors,

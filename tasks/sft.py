@@ -8,8 +8,8 @@ Choices:
 - A large train split (more than ``sft.stream_rows_above`` rows, 100k by default) is never held
   by a worker: the driver passes it as a Ray Dataset split across the workers (``DataConfig(datasets_to_split=["train"])``, equal shares), and each worker feeds TRL
   from ``get_dataset_shard("train").iter_torch_batches``, which ``prepare_trainer`` recognises
-  and wraps in the Trainer's DataLoader. The val subset (``sft.val_rows``, small) stays a
-  map-style dataset; the trainer is built over it (TRL wants a ``datasets.Dataset`` and peeks at
+  and wraps in the Trainer's DataLoader. The val subset (the split's first ``sft.val_rows``
+  rows, read no further than needed) stays a map-style dataset; the trainer is built over it (TRL wants a ``datasets.Dataset`` and peeks at
   its first row) and then given the stream as ``train_dataset``.
 - A smaller split each worker reads whole (text rows, a few hundred bytes each: 30 MB at 100k)
   into a map-style dataset whose images decode on access. Streaming starts Ray Data's own
@@ -42,7 +42,7 @@ import resource
 from typing import Any
 
 from geor_core.config import GeorConfig
-from geor_core.data.dataset import read_prepared
+from geor_core.data.dataset import head_prepared, read_prepared
 from tasks.training_run import (
     TrainData,
     TrainingResult,
@@ -125,7 +125,7 @@ def sft_worker_loop(config: dict[str, Any]) -> None:
 
     setup = setup_worker(config, "sft")
     cfg = setup.cfg
-    val = read_prepared(config["data_uri"], "val", SFT_COLUMNS).slice(0, cfg.sft.val_rows)
+    val = head_prepared(config["data_uri"], "val", SFT_COLUMNS, cfg.sft.val_rows)
     stream = config["stream"]
     train = None if stream else read_prepared(config["data_uri"], "train", SFT_COLUMNS)
     trainer = build_sft_trainer(

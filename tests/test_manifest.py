@@ -22,7 +22,7 @@ from geor_core.data.cor_rows import (
     assign_splits,
     prepare_batch,
 )
-from geor_core.data.dataset import read_prepared, read_rejects, require_prepared
+from geor_core.data.dataset import head_prepared, read_prepared, read_rejects, require_prepared
 from geor_core.data.dedupe import candidate_rows, duplicate_rows, hash_ids
 from geor_core.data.image_check import IMAGE_MISSING, IMAGE_UNDECODABLE, check_images
 from geor_core.data.image_refs import reference_rule, resolve_references
@@ -308,6 +308,28 @@ def test_a_prepared_output_is_read_only_when_complete(tmp_path):
     assert read_prepared(str(tmp_path), "train").schema == OUTPUT_SCHEMA
     shutil.rmtree(tmp_path / "data")
     assert read_prepared(str(tmp_path)).num_rows == 0  # no shard at all (everything rejected)
+
+
+def test_a_val_subset_is_the_splits_first_rows_read_no_further_than_needed(tmp_path):
+    n = 600
+    values = {f.name: [0.0] * n if pa.types.is_floating(f.type) else [""] * n for f in OUTPUT_SCHEMA}
+    values["id"] = [f"r{i:04d}" for i in range(n)]
+    values["split"] = ["val" if i % 3 == 0 else "train" for i in range(n)]
+    rows = pa.table(values, schema=OUTPUT_SCHEMA)
+    (tmp_path / "data").mkdir()
+    for part in range(3):  # 67 val rows in the first file
+        pq.write_table(
+            rows.slice(part * 200, 200), tmp_path / "data" / f"part-{part}.parquet", row_group_size=40
+        )
+    (tmp_path / "_SUCCESS.json").write_text(json.dumps({"stage": "prepare"}))
+    uri = str(tmp_path)
+    whole = read_prepared(uri, "val", ["id"])
+    for count in (0, 1, 67, 68, 200, 10_000):
+        assert head_prepared(uri, "val", ["id"], count, batch_rows=16).equals(whole.slice(0, count))
+    (tmp_path / "data" / "part-2.parquet").write_bytes(b"not parquet")  # two files past the rows asked for
+    assert head_prepared(uri, "val", ["id"], 50, batch_rows=16).equals(whole.slice(0, 50))
+    with pytest.raises(pa.ArrowInvalid):
+        read_prepared(uri, "val", ["id"])
 
 
 def test_settings_that_cannot_work_are_refused_before_anything_runs(tmp_path):

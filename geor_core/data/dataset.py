@@ -86,6 +86,22 @@ def iter_prepared(
             yield pa.Table.from_batches([batch])
 
 
+def head_prepared(uri: str, split: str, columns: list[str], rows: int, batch_rows: int = 4096) -> pa.Table:
+    """The first ``rows`` rows of ``read_prepared(uri, split, columns)``, reading batches of at
+    most ``batch_rows`` rows one at a time and no further than needed (a val subset of a split
+    of millions of rows)."""
+    require_prepared(uri)
+    dataset = _dataset(uris.join(uri, DATA_DIR), OUTPUT_SCHEMA)
+    return dataset.head(
+        rows,
+        columns=columns,
+        filter=_row_filter(split, None),
+        batch_size=max(1, min(rows, batch_rows)),
+        batch_readahead=1,
+        fragment_readahead=1,
+    )
+
+
 def _row_filter(split: str | None, groups: list[str] | None) -> pc.Expression | None:
     row_filter = None if split is None else pc.field("split") == split
     if groups:
