@@ -44,7 +44,7 @@ import pyarrow as pa
 from geor_core import uris
 from geor_core.config import GeorConfig
 from geor_core.data.cor_rows import OUTPUT_SCHEMA
-from geor_core.data.dataset import read_prepared, require_prepared
+from geor_core.data.dataset import head_prepared, read_prepared, require_prepared
 from geor_core.data.shards import MARKERS_DIR
 from geor_core.errors import UserFacingError
 from geor_core.ownership import claim_output
@@ -128,12 +128,15 @@ def evaluation_rows(data_uri: str, splits: list[str], max_rows: int) -> pa.Table
     available = require_prepared(data_uri).get("stats", {}).get("splits", {})
     tables = []
     for split in splits:
-        table = read_prepared(data_uri, split, INPUT_COLUMNS)
+        if max_rows:  # read no further than the rows evaluated
+            table = head_prepared(data_uri, split, INPUT_COLUMNS, max_rows)
+        else:
+            table = read_prepared(data_uri, split, INPUT_COLUMNS)
         if table.num_rows == 0:
             raise UserFacingError(
                 f"eval.splits names {split!r}, but {data_uri} has no rows in it (splits: {available})"
             )
-        tables.append(table.slice(0, max_rows) if max_rows else table)
+        tables.append(table)
     return pa.concat_tables(tables)
 
 

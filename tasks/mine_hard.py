@@ -41,6 +41,7 @@ from geor_core.data.cor_rows import OUTPUT_SCHEMA
 from geor_core.data.dataset import (
     DATA_DIR,
     STATS_FILE,
+    head_prepared,
     output_stats,
     parquet_files,
     read_prepared,
@@ -101,11 +102,12 @@ def run_mine_hard(
         )
     owned.remove(uris.MARKER_NAME, DATA_DIR, STATS_FILE)  # the marker first: never over new files
 
-    pool = read_prepared(data_uri, MINED_SPLIT, INPUT_COLUMNS)
+    if cfg.eval.max_rows:  # read no further than the rows mined
+        pool = head_prepared(data_uri, MINED_SPLIT, INPUT_COLUMNS, cfg.eval.max_rows)
+    else:
+        pool = read_prepared(data_uri, MINED_SPLIT, INPUT_COLUMNS)
     if pool.num_rows == 0:
         raise UserFacingError(f"{data_uri} has no {MINED_SPLIT!r} rows to mine")
-    if cfg.eval.max_rows:
-        pool = pool.slice(0, cfg.eval.max_rows)
     predictions_uri = uris.join(output_uri, PREDICTIONS_DIR)
 
     def build(rows: pa.Table, completions: list[str], errors: list[str]) -> pa.Table:
