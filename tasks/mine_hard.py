@@ -3,7 +3,8 @@ a radius (Geo-R's hard samples for GRPO), as a dataset in `geor prepare`'s forma
 
 Only the ``train`` split is mined (its first ``eval.max_rows`` rows; 0: all): a row is kept when
 its prediction lands farther than ``radius_km`` from the truth, or is missing (a missing
-prediction counts as far). Every other split (val, test) is copied unchanged, so training on the
+prediction counts as far; only the predictions' ids, errors and countries are read back, not
+their completions). Every other split (val, test) is copied unchanged, so training on the
 mined data still validates on the same rows. Output layout (local or s3://)::
 
     data/part-*.parquet    the kept rows, a file per source file, in the source's order, with
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from geor_core import uris
@@ -54,13 +56,13 @@ from geor_core.registry import tracking
 from geor_core.registry.dataset_inputs import log_dataset
 from geor_core.registry.lineage import data_fingerprint
 from geor_core.scoring.predictions import evaluation_predictions
-from geor_core.scoring.scoring import read_table
 from tasks.batch_inference import InferenceRun, inference_fingerprint, ray_scope, run_sharded_inference
 from tasks.evaluate import INPUT_COLUMNS
 from tasks.training_run import check_model_source
 
 MINED_SPLIT = "train"
 PREDICTIONS_DIR = "predictions"
+MINING_COLUMNS = ["id", "error_km", "truth_country_code"]  # of the predictions: what mining reads back
 
 
 @dataclass
@@ -125,7 +127,7 @@ def run_mine_hard(
         tracking.stage_run(cfg, "mine-hard", tags=tags, inputs=inputs, output=output_uri) as run,
     ):
         inference = run_sharded_inference(cfg, model, pool, predictions_uri, fingerprint, build)
-        predictions = read_table(predictions_uri)
+        predictions = read_mining_predictions(predictions_uri)
         hard_ids = hard_row_ids(predictions, radius_km)
         kept = _write_kept_rows(data_uri, output_uri, hard_ids)
         stats = output_stats(output_uri, kept["rows_in"], time.monotonic() - started)
@@ -165,11 +167,17 @@ def _check_paths(data_uri: str, output_uri: str) -> None:
         )
 
 
-def hard_row_ids(predictions: Any, radius_km: float) -> set[str]:
+def read_mining_predictions(predictions_uri: str) -> pa.Table:
+    """The predictions' columns mining needs (``MINING_COLUMNS``): not their completions."""
+    fs, files = parquet_files(predictions_uri)
+    return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=MINING_COLUMNS)
+
+
+def hard_row_ids(predictions: pa.Table, radius_km: float) -> set[str]:
     """Ids whose prediction is farther than ``radius_km`` from the truth, or missing."""
-    error = predictions["error_km"].to_numpy(float)
+    error = predictions.column("error_km").to_numpy(zero_copy_only=False)
     far = np.isnan(error) | (error > radius_km)
-    return set(predictions["id"].astype(str)[far])
+    return set(predictions.column("id").filter(pa.array(far)).to_pylist())
 
 
 def _write_kept_rows(data_uri: str, output_uri: str, hard_ids: set[str]) -> dict[str, Any]:
@@ -192,21 +200,31 @@ def _write_kept_rows(data_uri: str, output_uri: str, hard_ids: set[str]) -> dict
 
 
 def _mining_stats(
-    predictions: Any, hard_ids: set[str], radius_km: float, mined: int, kept: dict[str, Any]
+    predictions: pa.Table, hard_ids: set[str], radius_km: float, mined: int, kept: dict[str, Any]
 ) -> dict[str, Any]:
-    error = predictions["error_km"].to_numpy(float)
-    is_hard = predictions["id"].astype(str).isin(hard_ids).to_numpy()
-    per_country: dict[str, dict[str, int]] = {}
-    for code, hard in zip(predictions["truth_country_code"], is_hard, strict=True):
-        counts = per_country.setdefault(code, {"rows_in": 0, "kept": 0, "dropped": 0})
-        counts["rows_in"] += 1
-        counts["kept" if hard else "dropped"] += 1
+    error = predictions.column("error_km").to_numpy(zero_copy_only=False)
+    is_hard = pc.is_in(predictions.column("id"), value_set=pa.array(sorted(hard_ids), pa.string()))
+    counts = (
+        pa.table({"code": predictions.column("truth_country_code"), "hard": pc.cast(is_hard, pa.int64())})
+        .group_by("code")
+        .aggregate([("hard", "count"), ("hard", "sum")])
+        .to_pylist()
+    )
+    per_country = {
+        row["code"]: {
+            "rows_in": row["hard_count"],
+            "kept": row["hard_sum"],
+            "dropped": row["hard_count"] - row["hard_sum"],
+        }
+        for row in counts
+    }
+    kept_rows = int(pc.sum(is_hard).as_py() or 0)
     return {
         "split": MINED_SPLIT,
         "radius_km": radius_km,
         "rows_in": mined,
-        "kept": int(is_hard.sum()),
-        "dropped": int(mined - is_hard.sum()),
+        "kept": kept_rows,
+        "dropped": int(mined - kept_rows),
         "missing_predictions": int(np.isnan(error).sum()),
         "train_rows_not_mined": kept["train_rows"] - mined,  # beyond eval.max_rows: not in the output
         "unmined_splits_copied": kept["unmined_splits"],

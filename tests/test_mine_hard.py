@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -33,8 +34,8 @@ def _far_ids(predictions: pd.DataFrame, radius_km: float) -> set[str]:
 
 
 def test_hard_rows_are_beyond_the_radius_or_missing():
-    table = pd.DataFrame({"id": ["a", "b", "c", "d"], "error_km": [10.0, 200.0, 200.5, np.nan]})
-    assert hard_row_ids(table, 200.0) == {"c", "d"}
+    table = pa.table({"id": ["a", "b", "c", "d", "e"], "error_km": [10.0, 200.0, 200.5, np.nan, None]})
+    assert hard_row_ids(table, 200.0) == {"c", "d", "e"}  # NaN or null: no prediction
 
 
 def test_bad_radius_and_overlapping_paths_are_refused(prepared_world, tiny_model_dir, tmp_path):
