@@ -123,15 +123,19 @@ def model_labels(specs: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def first_rows(data_uri: str, split: str, max_rows: int) -> pa.Table:
+    """``INPUT_COLUMNS`` of the first ``max_rows`` rows of ``split`` (0: all), read no further."""
+    if max_rows:
+        return head_prepared(data_uri, split, INPUT_COLUMNS, max_rows)
+    return read_prepared(data_uri, split, INPUT_COLUMNS)
+
+
 def evaluation_rows(data_uri: str, splits: list[str], max_rows: int) -> pa.Table:
     """The rows to evaluate: each split in order, the first ``max_rows`` of each (0: all)."""
     available = require_prepared(data_uri).get("stats", {}).get("splits", {})
     tables = []
     for split in splits:
-        if max_rows:  # read no further than the rows evaluated
-            table = head_prepared(data_uri, split, INPUT_COLUMNS, max_rows)
-        else:
-            table = read_prepared(data_uri, split, INPUT_COLUMNS)
+        table = first_rows(data_uri, split, max_rows)
         if table.num_rows == 0:
             raise UserFacingError(
                 f"eval.splits names {split!r}, but {data_uri} has no rows in it (splits: {available})"

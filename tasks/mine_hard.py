@@ -43,10 +43,8 @@ from geor_core.data.cor_rows import OUTPUT_SCHEMA
 from geor_core.data.dataset import (
     DATA_DIR,
     STATS_FILE,
-    head_prepared,
     output_stats,
     parquet_files,
-    read_prepared,
     require_prepared,
 )
 from geor_core.data.shards import MARKERS_DIR
@@ -57,7 +55,7 @@ from geor_core.registry.dataset_inputs import log_dataset
 from geor_core.registry.lineage import data_fingerprint
 from geor_core.scoring.predictions import evaluation_predictions
 from tasks.batch_inference import InferenceRun, inference_fingerprint, ray_scope, run_sharded_inference
-from tasks.evaluate import INPUT_COLUMNS
+from tasks.evaluate import first_rows
 from tasks.training_run import check_model_source
 
 MINED_SPLIT = "train"
@@ -104,10 +102,7 @@ def run_mine_hard(
         )
     owned.remove(uris.MARKER_NAME, DATA_DIR, STATS_FILE)  # the marker first: never over new files
 
-    if cfg.eval.max_rows:  # read no further than the rows mined
-        pool = head_prepared(data_uri, MINED_SPLIT, INPUT_COLUMNS, cfg.eval.max_rows)
-    else:
-        pool = read_prepared(data_uri, MINED_SPLIT, INPUT_COLUMNS)
+    pool = first_rows(data_uri, MINED_SPLIT, cfg.eval.max_rows)
     if pool.num_rows == 0:
         raise UserFacingError(f"{data_uri} has no {MINED_SPLIT!r} rows to mine")
     predictions_uri = uris.join(output_uri, PREDICTIONS_DIR)

@@ -9,8 +9,9 @@ Choices:
   by a worker: the driver passes it as a Ray Dataset split across the workers (``DataConfig(datasets_to_split=["train"])``, equal shares), and each worker feeds TRL
   from ``get_dataset_shard("train").iter_torch_batches``, which ``prepare_trainer`` recognises
   and wraps in the Trainer's DataLoader. The val subset (the split's first ``sft.val_rows``
-  rows, read no further than needed) stays a map-style dataset; the trainer is built over it (TRL wants a ``datasets.Dataset`` and peeks at
-  its first row) and then given the stream as ``train_dataset``.
+  rows, read no further than needed) stays a map-style dataset; the trainer is built over it
+  (TRL wants a ``datasets.Dataset`` and peeks at its first row) and then given the stream as
+  ``train_dataset``.
 - A smaller split each worker reads whole (text rows, a few hundred bytes each: 30 MB at 100k)
   into a map-style dataset whose images decode on access. Streaming starts Ray Data's own
   processes (a split coordinator, read tasks), about 30 s of every run on a 2-core machine
