@@ -7,8 +7,9 @@ skipping, resuming, ``--from``/``--only``, preflight and dispatch from ``STAGES`
 ``body(run, overwrite=...) -> outputs``: it reads its inputs' outputs with ``run.out(stage, name)``
 and writes under ``run.output_dir(stage)``; ``overwrite`` is False when it resumes a crashed run.
 
-GRPO trains on the mined hard rows; when mining keeps none (the SFT model is already within the
-radius everywhere) it falls back to the full prepared rows and says so. Register offers every
+GRPO trains on the mined hard rows (``grpo.pipeline_rows=hard``, the paper's) or on every prepared
+training row (``all``); when mining keeps none (the SFT model is already within the radius
+everywhere) it falls back to the full prepared rows and says so. Register offers every
 model the pipeline trained and evaluated (SFT, then SFT+GRPO) to the champion gate, each with its
 scorecard from the evaluation; the gate registers each and promotes the best one under its rule.
 The config each stage reads is declared once, in ``geor_core.config.logged_params.STAGE_READS``:
@@ -122,7 +123,10 @@ def grpo(run: PipelineRun, *, overwrite: bool) -> dict[str, Any]:
     from tasks.grpo import run_grpo
 
     data = run.out("mine-hard", "output")
-    if run.out("mine-hard", "kept") == 0:
+    if run.cfg.grpo.pipeline_rows == "all":
+        log("GRPO trains on every prepared training row (grpo.pipeline_rows=all), not on the mined ones")
+        data = run.out("prepare", "output")
+    elif run.out("mine-hard", "kept") == 0:
         log("mining kept no hard rows (SFT is within the radius everywhere): GRPO uses all prepared rows")
         data = run.out("prepare", "output")
     result = run_grpo(run.cfg, data, run.out("sft", "output"), run.output_dir("grpo"), overwrite=overwrite)

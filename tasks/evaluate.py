@@ -53,9 +53,10 @@ from geor_core.registry.dataset_inputs import log_dataset
 from geor_core.registry.lineage import data_fingerprint
 from geor_core.scoring import plots
 from geor_core.scoring.evaluation_report import (
-    COMPARISON_COLUMNS,
     ModelReport,
+    comparison_columns,
     comparison_rows,
+    group_rewards,
     markdown_table,
     model_report,
 )
@@ -90,8 +91,10 @@ class ModelEvaluation:
     )  # geor_core.training.sampled_reward's summary; None when eval.sampled_rows is 0
 
     def comparison_metrics(self) -> dict[str, Any]:
-        """The greedy score result plus ``sampled_reward`` (the mean combined sampled reward)."""
-        return {**self.report.metrics, "sampled_reward": self.sampled["combined"] if self.sampled else None}
+        """The greedy score result plus ``sampled_reward`` (the mean combined sampled reward) and
+        ``reward_<group>`` per group (the mean combined greedy reward)."""
+        sampled = self.sampled["combined"] if self.sampled else None
+        return {**self.report.metrics, "sampled_reward": sampled, **group_rewards(self.report.groups)}
 
 
 @dataclass
@@ -358,7 +361,8 @@ def _write_comparison(
 ) -> None:
     heading = f"Benchmark: {benchmark} (published rows for reference)\n\n" if benchmark else ""
     uris.write_text(
-        uris.join(output_uri, "comparison.md"), heading + markdown_table(comparison, COMPARISON_COLUMNS)
+        uris.join(output_uri, "comparison.md"),
+        heading + markdown_table(comparison, comparison_columns(comparison)),
     )
     uris.write_text(
         uris.join(output_uri, "comparison.json"),

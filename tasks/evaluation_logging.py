@@ -15,7 +15,7 @@ from geor_core import uris
 from geor_core.config import GeorConfig
 from geor_core.config.logged_params import config_yaml
 from geor_core.registry import tracking
-from geor_core.scoring.evaluation_report import COMPARISON_COLUMNS, METRIC_KEYS
+from geor_core.scoring.evaluation_report import METRIC_KEYS, comparison_columns
 
 if TYPE_CHECKING:
     from tasks.evaluate import ModelEvaluation
@@ -94,7 +94,7 @@ def log_comparison(
         headline = {key: evaluation.comparison_metrics().get(key) for key in (*METRIC_KEYS, "sampled_reward")}
         metrics |= _numeric(headline, f"{evaluation.label}/")
     mlflow.log_metrics(metrics)
-    mlflow.log_table(pd.DataFrame(comparison, columns=list(COMPARISON_COLUMNS)), "comparison.json")
+    mlflow.log_table(pd.DataFrame(comparison, columns=comparison_columns(comparison)), "comparison.json")
     mlflow.log_text(uris.read_text(uris.join(output_uri, "comparison.md")), "comparison.md")
     log_png(uris.read_bytes(uris.join(output_uri, "error_cdf.png")), "error_cdf.png")
     mlflow.set_tags(

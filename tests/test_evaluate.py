@@ -164,8 +164,13 @@ def test_two_models_each_fully_reported_and_equal_to_geor_score(
     reward = {row["model"]: row["sampled_reward"] for row in comparison["rows"]}
     assert reward == {label: s["combined"] for label, s in sampled.items()}
     assert reward["model"] >= reward["untrained"] + 0.3 and sampled["untrained"]["parse_failed"] >= 0.9
+    # and each group's mean greedy reward, after it (the test world's rows are all clean)
+    assert all(
+        row["reward_clean"] == reports[row["model"]]["groups"]["clean"]["reward"]
+        for row in comparison["rows"]
+    )
     header = next(line for line in printed.splitlines() if line.startswith("| model |"))
-    assert header.rstrip(" |").endswith("sampled_reward")  # `geor evaluate` prints the column
+    assert header.rstrip(" |").endswith("sampled_reward | reward_clean")  # `geor evaluate` prints them
     assert uris.read_marker(str(output))["models"]["model"]["source"] == sft_checkpoint.export_uri
 
     from mlflow import MlflowClient

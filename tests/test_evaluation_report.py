@@ -18,8 +18,11 @@ from geor_core.scoring import plots
 from geor_core.scoring.analysis import cor_consistency, level_summary, per_country, worst
 from geor_core.scoring.evaluation_report import (
     COMPARISON_COLUMNS,
+    comparison_columns,
     comparison_rows,
     group_metrics,
+    group_reward_change,
+    group_rewards,
     score_predictions,
 )
 from geor_core.scoring.predictions import EVALUATION_SCHEMA, evaluation_predictions
@@ -141,6 +144,26 @@ def test_metrics_per_group_when_rows_carry_one():
         assert result == {**score_predictions(rows), "reward": pytest.approx(rows["reward_combined"].mean())}
     assert groups["ambiguous"]["n"] == 2 and groups["ambiguous"]["n_missing"] == 1
     assert groups["clean"]["reward"] > 0.9 > groups["ambiguous"]["reward"]
+
+    # the comparison table carries each group's reward after its fixed columns, and says in words
+    # how it moved from one model to another
+    worse = {name: {**result, "reward": result["reward"] - 0.25} for name, result in groups.items()}
+    rows = comparison_rows(
+        [("sft", "/s", group_rewards(worse)), ("grpo", "/g", group_rewards(groups)), ("base", "/b", {})]
+    )
+    assert comparison_columns(rows) == [
+        *COMPARISON_COLUMNS,
+        "reward_ambiguous",
+        "reward_clean",
+        "reward_ungrouped",
+    ]
+    assert rows[1]["reward_clean"] == groups["clean"]["reward"] and "reward_clean" not in rows[2]
+    change = group_reward_change(rows, "sft", "grpo")
+    assert change.startswith("grpo against sft, mean reward of greedy answers per group: ")
+    clean = groups["clean"]["reward"]
+    assert f"clean {clean - 0.25:.3f} -> {clean:.3f} (+0.250)" in change and "ambiguous" in change
+    assert group_reward_change(rows, "base", "grpo") is None  # the base row has no group rewards
+    assert group_reward_change(rows, "sft", "missing") is None
 
 
 def test_plots_are_png_even_for_missing_predictions(scored_table):

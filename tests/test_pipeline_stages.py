@@ -150,3 +150,34 @@ def test_a_body_reading_undeclared_config_is_caught():
     stages = {s.name: s for s in (*pipeline_stages.STAGES, stage)}
     # mine-hard declares grpo.hard_radius_km only: the rest of grpo, and sweep, are not covered
     assert _undeclared_reads(stage, stages) == {"grpo.beta", "sweep"}
+
+
+@pytest.mark.parametrize(
+    "pipeline_rows, kept, trains_on",
+    [("hard", 12, "mined"), ("hard", 0, "prepared"), ("all", 12, "prepared")],
+)
+def test_grpo_trains_on_the_mined_rows_unless_told_otherwise_or_none_were_kept(
+    monkeypatch, pipeline_rows, kept, trains_on
+):
+    import tasks.grpo
+    from tasks.training_run import TrainingResult
+
+    outputs = {
+        ("prepare", "output"): "prepared",
+        ("mine-hard", "output"): "mined",
+        ("mine-hard", "kept"): kept,
+    }
+    run = argparse.Namespace(
+        cfg=load_config("test", [f"grpo.pipeline_rows={pipeline_rows}"]),
+        out=lambda stage, name: outputs[(stage, name)],
+        output_dir=lambda stage: f"root/{stage}",
+    )
+    trained = []
+
+    def run_grpo(cfg: GeorConfig, data: str, model: str, output: str, *, overwrite: bool) -> TrainingResult:
+        trained.append(data)
+        return TrainingResult(f"{output}/model", False, 6, 0, {})
+
+    monkeypatch.setattr(tasks.grpo, "run_grpo", run_grpo)
+    outputs[("sft", "output")] = "sft-model"
+    assert pipeline_stages.grpo(run, overwrite=False)["data"] == trains_on and trained == [trains_on]

@@ -52,7 +52,7 @@ def _absolute_model(spec: str) -> str:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, FLAG_KEYS)
     from geor_core.errors import UserFacingError
-    from geor_core.scoring.evaluation_report import COMPARISON_COLUMNS, markdown_table
+    from geor_core.scoring.evaluation_report import comparison_columns, markdown_table
     from tasks.evaluate import run_evaluate
 
     models = [_absolute_model(m) for m in args.model] if args.model else []
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if not value:
             raise UserFacingError(f"{flag} is required")
     result = run_evaluate(cfg, cfg.data.dataset, models, args.output, args.benchmark)
-    print(markdown_table(result.comparison, COMPARISON_COLUMNS))
+    print(markdown_table(result.comparison, comparison_columns(result.comparison)))
     summary = {
         "output": result.output,
         "benchmark": result.benchmark,

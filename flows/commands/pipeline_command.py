@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _pipeline(args: argparse.Namespace, cfg: GeorConfig, root: str) -> int:
     from geor_core.registry.tracking import tracking_uri
-    from geor_core.scoring.evaluation_report import COMPARISON_COLUMNS, markdown_table
+    from geor_core.scoring.evaluation_report import comparison_columns, group_reward_change, markdown_table
     from geor_core.uris import redact_uri
 
     # preset paths are relative to where the command runs; Ray workers run elsewhere
@@ -79,7 +79,10 @@ def _pipeline(args: argparse.Namespace, cfg: GeorConfig, root: str) -> int:
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     result = run_pipeline(cfg, root, from_stage=args.from_stage, only=only)
     if result.comparison:
-        print(markdown_table(result.comparison, COMPARISON_COLUMNS))
+        print(markdown_table(result.comparison, comparison_columns(result.comparison)))
+        change = group_reward_change(result.comparison, "sft", "grpo")
+        if change:
+            print(change + "\n")
     register = result.stages.get("register")
     if result.gate is None and register is not None and register.status == "ran":  # the gate printed its own
         print("registered nothing: no MLflow tracking (tracking.uri / MLFLOW_TRACKING_URI)")

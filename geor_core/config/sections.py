@@ -39,10 +39,7 @@ class DataConfig:
         "weights summing to 1): a flat colour of its own, no stripes, no marker",
     )
     world_shared_look_share: float = _range(
-        0.0,
-        0.0,
-        1.0,
-        doc="share of world photos drawn from a shared look (a look uniformly, its country by weight)",
+        0.0, 0.0, 1.0, doc="share of photos from a shared look (a look uniformly, its country by weight)"
     )
     world_shifted_rows: int = _range(
         0,
@@ -203,6 +200,9 @@ class GrpoConfig(TrainingConfig):
     use_vllm: bool = _plain(False, "generate with vLLM (needs the vllm package and GPUs)")
     hard_radius_km: float = _range(
         200.0, 0.0, doc="`geor mine-hard` keeps training rows predicted farther than this; `--radius-km`"
+    )
+    pipeline_rows: str = _choice(
+        "hard", "hard", "all", doc="`geor pipeline`'s GRPO trains on: hard (mined rows, the paper's) or all"
     )
     train_groups: list = _list(
         [],
