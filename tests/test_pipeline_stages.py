@@ -166,6 +166,7 @@ def test_grpo_trains_on_the_mined_rows_unless_told_otherwise_or_none_were_kept(
         ("prepare", "output"): "prepared",
         ("mine-hard", "output"): "mined",
         ("mine-hard", "kept"): kept,
+        ("sft", "output"): "sft-model",
     }
     run = argparse.Namespace(
         cfg=load_config("test", [f"grpo.pipeline_rows={pipeline_rows}"]),
@@ -179,5 +180,4 @@ def test_grpo_trains_on_the_mined_rows_unless_told_otherwise_or_none_were_kept(
         return TrainingResult(f"{output}/model", False, 6, 0, {})
 
     monkeypatch.setattr(tasks.grpo, "run_grpo", run_grpo)
-    outputs[("sft", "output")] = "sft-model"
     assert pipeline_stages.grpo(run, overwrite=False)["data"] == trains_on and trained == [trains_on]

@@ -117,10 +117,14 @@ def comparison_rows(
     return rows
 
 
+def group_reward_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Every ``reward_<group>`` key the rows carry, by name."""
+    return sorted({key for row in rows for key in row if key.startswith(GROUP_REWARD_PREFIX)})
+
+
 def comparison_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The comparison table's columns: ``COMPARISON_COLUMNS``, then each row's ``reward_<group>`` (by name)."""
-    groups = sorted({key for row in rows for key in row if key.startswith(GROUP_REWARD_PREFIX)})
-    return [*COMPARISON_COLUMNS, *groups]
+    """The comparison table's columns: ``COMPARISON_COLUMNS``, then each row's ``reward_<group>``."""
+    return [*COMPARISON_COLUMNS, *group_reward_columns(rows)]
 
 
 def group_reward_change(rows: Sequence[dict[str, Any]], before: str, after: str) -> str | None:
@@ -133,7 +137,7 @@ def group_reward_change(rows: Sequence[dict[str, Any]], before: str, after: str)
     changes = [
         f"{column.removeprefix(GROUP_REWARD_PREFIX)} {old[column]:.3f} -> {new[column]:.3f} "
         f"({new[column] - old[column]:+.3f})"
-        for column in comparison_columns(rows)[len(COMPARISON_COLUMNS) :]
+        for column in group_reward_columns(rows)
         if old.get(column) is not None and new.get(column) is not None
     ]
     if not changes:
