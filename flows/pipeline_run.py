@@ -12,6 +12,8 @@ Choices:
   its key (the settings it declares + its inputs' keys) is unchanged and its output is complete; a
   stage that crashed with the same key resumes (training from its last checkpoint); a changed key
   redoes the stage from scratch, and every later stage follows because their keys change.
+- A stage the config does not need is not run and enters no later key (mining, when
+  ``grpo.pipeline_rows=all`` trains GRPO on every prepared row).
 - ``from_stage`` forces that stage and the later ones; ``only`` runs just the named stages, their
   inputs taken from earlier complete records (an error before anything starts when missing).
 - Everything checkable is checked before the first stage: the manifest, the base model, Ray's
@@ -49,6 +51,7 @@ from geor_core.registry.stage_state import (
 )
 from geor_core.registry.tracking import parent_run, stage_run, tracking_uri
 
+NOT_NEEDED = "not-needed"  # the config does not use the stage's output (Stage.needed): not run
 LEFT_BEHIND = (f"{RECORDS_DIR}/*.json",)  # what an older geor's pipeline always left in its root
 
 
@@ -57,7 +60,7 @@ class StageOutcome:
     """How one stage went in this invocation."""
 
     stage: str
-    status: str  # ran | resumed | skipped | not-selected
+    status: str  # ran | resumed | skipped | not-selected | not-needed
     key: str
     outputs: dict[str, Any]
     seconds: float = 0.0
@@ -108,7 +111,7 @@ class PipelineRun:
         """Stages left out by --only must have left complete outputs for the selected ones."""
         for stage in self.selected:
             for needed in self.stages[stage].upstream:
-                if needed in self.selected:
+                if needed in self.selected or not self.stages[needed].is_needed(self.cfg):
                     continue
                 record = read_record(self.root, needed)
                 if record is None or record.status != COMPLETE:
@@ -153,11 +156,20 @@ class PipelineRun:
 
     def key(self, stage: Stage) -> str:
         """The stage's key now: its name, its declared settings and its inputs' keys."""
-        upstream = {name: self.outcomes[name].key for name in stage.upstream if name in self.outcomes}
+        upstream = {
+            name: self.outcomes[name].key
+            for name in stage.upstream
+            if name in self.outcomes and self.outcomes[name].status != NOT_NEEDED
+        }
         return stage_key(stage.name, stage.settings(self.cfg), upstream)
 
     def _one_stage(self, index: int, stage: Stage) -> None:
         name, progress = stage.name, f"stage {index}/{len(self.stages)} {stage.name}"
+        if not stage.is_needed(self.cfg):
+            if name in self.selected:
+                log(f"{progress}: not run (nothing uses its output with these settings)")
+            self.outcomes[name] = StageOutcome(name, NOT_NEEDED, "", {})
+            return
         record = read_record(self.root, name)
         if name not in self.selected:
             if record is not None and record.status == COMPLETE:

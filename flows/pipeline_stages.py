@@ -8,7 +8,7 @@ skipping, resuming, ``--from``/``--only``, preflight and dispatch from ``STAGES`
 and writes under ``run.output_dir(stage)``; ``overwrite`` is False when it resumes a crashed run.
 
 GRPO trains on the mined hard rows (``grpo.pipeline_rows=hard``, the paper's) or on every prepared
-training row (``all``); when mining keeps none (the SFT model is already within the radius
+training row (``all``: mining is then not needed and does not run); when mining keeps none (the SFT model is already within the radius
 everywhere) it falls back to the full prepared rows and says so. Register offers every
 model the pipeline trained and evaluated (SFT, then SFT+GRPO) to the champion gate, each with its
 scorecard from the evaluation; the gate registers each and promotes the best one under its rule.
@@ -104,6 +104,11 @@ def sft(run: PipelineRun, *, overwrite: bool) -> dict[str, Any]:
     return {"output": result.export_uri, "global_step": result.global_step, "metrics": result.metrics}
 
 
+def trains_on_mined_rows(cfg: GeorConfig) -> bool:
+    """Whether the pipeline's GRPO trains on mined hard rows, i.e. whether mining is needed."""
+    return cfg.grpo.pipeline_rows == "hard"
+
+
 def mine_hard(run: PipelineRun, *, overwrite: bool) -> dict[str, Any]:
     from tasks.mine_hard import run_mine_hard
 
@@ -122,13 +127,14 @@ def mine_hard(run: PipelineRun, *, overwrite: bool) -> dict[str, Any]:
 def grpo(run: PipelineRun, *, overwrite: bool) -> dict[str, Any]:
     from tasks.grpo import run_grpo
 
-    data = run.out("mine-hard", "output")
-    if run.cfg.grpo.pipeline_rows == "all":
-        log("GRPO trains on every prepared training row (grpo.pipeline_rows=all), not on the mined ones")
+    if not trains_on_mined_rows(run.cfg):
+        log("GRPO trains on every prepared training row (grpo.pipeline_rows=all), not on mined ones")
         data = run.out("prepare", "output")
     elif run.out("mine-hard", "kept") == 0:
         log("mining kept no hard rows (SFT is within the radius everywhere): GRPO uses all prepared rows")
         data = run.out("prepare", "output")
+    else:
+        data = run.out("mine-hard", "output")
     result = run_grpo(run.cfg, data, run.out("sft", "output"), run.output_dir("grpo"), overwrite=overwrite)
     return {
         "output": result.export_uri,
@@ -167,7 +173,7 @@ def register(run: PipelineRun, *, overwrite: bool) -> dict[str, Any]:
         "prepared": prepared,
         "prepared_fingerprint": data_fingerprint(prepared),
         "training_data": json.dumps([prepared]),
-        "hard": run.out("mine-hard", "output"),
+        "hard": run.out("mine-hard", "output") if trains_on_mined_rows(run.cfg) else "",
         "base_model": run.cfg.model.name_or_path,
         "sft_model": run.out("sft", "output"),
         "grpo_model": run.out("grpo", "output"),
@@ -229,6 +235,7 @@ STAGES: tuple[Stage, ...] = (
         output_dir="hard",
         reads=STAGE_READS["mine-hard"],
         runner=mine_hard,
+        needed=trains_on_mined_rows,
     ),
     Stage(
         "grpo",

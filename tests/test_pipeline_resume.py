@@ -86,6 +86,19 @@ def test_a_changed_setting_redoes_its_stage_and_the_later_ones(recorder, tmp_pat
     assert [stage for stage, _ in recorder.ran()] == ["sft", "mine-hard", "grpo", "evaluate", "register"]
 
 
+def test_mining_runs_only_when_grpo_trains_on_mined_rows(recorder, tmp_path):
+    every_row = "grpo.pipeline_rows=all"
+    statuses = run(recorder, tmp_path, every_row)
+    assert [stage for stage, _ in recorder.ran()] == ["prepare", "sft", "grpo", "evaluate", "register"]
+    assert statuses["mine-hard"] == "not-needed" and read_record(recorder.root, "mine-hard") is None
+    assert set(run(recorder, tmp_path, every_row).values()) == {"skipped", "not-needed"}
+    assert recorder.ran() == []
+    only_grpo = run(recorder, tmp_path, every_row, only=["grpo"])  # no mining record needed
+    assert only_grpo["grpo"] == "skipped" and recorder.ran() == []  # the same key as above
+    run(recorder, tmp_path)  # the mined rows again: mining runs, and GRPO's key now covers it
+    assert [stage for stage, _ in recorder.ran()] == ["mine-hard", "grpo", "evaluate", "register"]
+
+
 def test_an_edited_manifest_redoes_everything(recorder, tmp_path):
     run(recorder, tmp_path)
     recorder.ran()

@@ -162,12 +162,9 @@ def test_grpo_trains_on_the_mined_rows_unless_told_otherwise_or_none_were_kept(
     import tasks.grpo
     from tasks.training_run import TrainingResult
 
-    outputs = {
-        ("prepare", "output"): "prepared",
-        ("mine-hard", "output"): "mined",
-        ("mine-hard", "kept"): kept,
-        ("sft", "output"): "sft-model",
-    }
+    outputs = {("prepare", "output"): "prepared", ("sft", "output"): "sft-model"}
+    if pipeline_rows == "hard":  # with "all", mining does not run: its outputs do not exist
+        outputs |= {("mine-hard", "output"): "mined", ("mine-hard", "kept"): kept}
     run = argparse.Namespace(
         cfg=load_config("test", [f"grpo.pipeline_rows={pipeline_rows}"]),
         out=lambda stage, name: outputs[(stage, name)],

@@ -4,7 +4,8 @@ output was made from, so a re-run can skip finished work and redo only what chan
 A stage is declared once, as a :class:`Stage` record: its name, the stages it consumes, its
 folder, the config it reads, its body and its checks. Its *key* hashes its name, the config values
 it declares (whole sections, or single ``section.field`` values), anything else its output depends
-on (``extra_key``: e.g. the manifest's fingerprint), and the keys of the stages it consumes: change
+on (``extra_key``: e.g. the manifest's fingerprint), and the keys of the stages it consumes (a
+stage the config does not need, ``needed``, is not run and enters no key): change
 ``grpo.beta`` and GRPO, evaluate and register get new keys while prepare, SFT and mining keep
 theirs. A stage that declares no config, or a section or field the config does not have, cannot be
 built. The record is written ``running`` before the stage starts and ``complete`` after, so a
@@ -47,6 +48,9 @@ class Stage:
     runner: Callable[..., dict[str, Any]]  # runner(pipeline_run, overwrite=bool) -> outputs
     preflight: tuple[Callable[[GeorConfig], None], ...] = ()  # checks before any stage runs
     extra_key: Callable[[GeorConfig], dict[str, Any]] | None = None  # key material beyond config
+    # whether the config needs the stage's output at all (None: always); a stage not needed is not
+    # run, and the stages that consume it leave it out of their keys
+    needed: Callable[[GeorConfig], bool] | None = None
 
     def __post_init__(self) -> None:
         if not self.reads:
@@ -70,6 +74,9 @@ class Stage:
             else:
                 values[name] = {k: v for k, v in asdict(value).items() if k not in NOT_SETTINGS}
         return {**values, **(self.extra_key(cfg) if self.extra_key else {})}
+
+    def is_needed(self, cfg: GeorConfig) -> bool:
+        return self.needed is None or self.needed(cfg)
 
 
 def _check_config_path(stage: str, path: str) -> None:
