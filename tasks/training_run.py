@@ -31,6 +31,7 @@ from geor_core.registry.dataset_inputs import log_dataset
 from geor_core.registry.tracking import stage_run, tracking_env
 from geor_core.training.deepspeed_config import deepspeed_config
 from geor_core.training.model_loading import resolve_source
+from tasks.ray_session import start_train_coordinator
 from tasks.training_worker import FAULT_STEP_ENV
 
 RAY_DIR = "ray"  # Ray Train's storage: <output>/ray/<stage>/
@@ -270,6 +271,7 @@ def launch_training(
             scaling_config=scaling_config(settings, cfg.cluster.worker_resources),
             run_config=run_config(settings, output_uri, stage, metric=metric, mode=mode, callbacks=callbacks),
         )
+        start_train_coordinator()
         result = trainer.fit()
         marker = uris.read_marker(export_uri) or {}
         if run is not None and marker and log_model:  # the export as the run's MLflow model, in its marker

@@ -151,7 +151,7 @@ def test_pipeline_console_is_short_and_the_full_log_has_the_rest(world_dir, tmp_
 
 STATE_FROM_A_WORKER = """
 import ray
-from tasks.ray_session import connect_ray
+from tasks.ray_session import connect_ray, start_train_coordinator
 
 connect_ray()
 
@@ -161,15 +161,35 @@ def actors_seen_by_a_worker():
     return len(list_actors())
 
 print("actors:", ray.get(actors_seen_by_a_worker.remote()))
+
+from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client import (
+    TrainAutoscalingCoordinatorClient,
+)
+
+def coordinator():
+    return ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+
+try:
+    coordinator()
+    print("coordinator before: yes")
+except ValueError:
+    print("coordinator before: no")
+start_train_coordinator()
+made = coordinator()  # ValueError (exit 1) unless it was made
+asked = TrainAutoscalingCoordinatorClient("probe")._autoscaling_coordinator  # the one a controller asks
+print("coordinator after: same" if made._actor_id == asked._actor_id else "coordinator after: other")
 ray.shutdown()
 """
 
 
 @pytest.mark.usefixtures("ray_cluster")  # another Ray instance runs on this machine meanwhile
-def test_a_local_instance_answers_its_own_workers_state_queries(tmp_path):
+def test_a_local_instance_answers_its_workers_state_queries_and_has_train_coordinator_early(tmp_path):
     """Before: a worker's State API query scanned the machine for Ray instances and failed with
-    "Found multiple active Ray instances" (or, alone, warned every second that it had no API)."""
+    "Found multiple active Ray instances" (or, alone, warned every second that it had no API).
+    And Ray Train's autoscaling coordinator, which a fresh instance lacks, is made before a
+    ``fit()`` asks for it (tasks/ray_session.py: the first fit's 5 s wait)."""
     done = _run([sys.executable, "-c", STATE_FROM_A_WORKER], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "actors: " in done.stdout
     assert "Found multiple active Ray instances" not in done.stderr
+    assert "coordinator before: no" in done.stdout and "coordinator after: same" in done.stdout
