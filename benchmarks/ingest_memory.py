@@ -20,7 +20,7 @@ the files). Then runs, each in a fresh process with a fresh 2-CPU local Ray, int
 Every run trains ``--steps`` steps (no eval, no checkpoint inside them). Each worker reports its
 own peak RSS from inside (``VmHWM`` of /proc/self/status after training; Linux) and the rows it
 streamed; s/step is steady state, from a TrainerCallback's step-end timestamps after ``--warmup``
-steps (benchmarks/sft.py's StepTimer).
+steps (benchmarks/step_timer.py's StepTimer).
 
 Prints one JSON object: every run, each configuration's median and [min, max], the large/small
 ratios and the targets (peak RSS of ``stream_large`` within 10% of ``stream_small``; its s/step
@@ -79,11 +79,11 @@ def _peak_rss_mb() -> float:
 
 
 def timed(out: str) -> Any:
-    """The stage's worker loop with benchmarks/sft.py's StepTimer in the trainer's callbacks;
+    """The stage's worker loop with benchmarks/step_timer.py's StepTimer in the trainer's callbacks;
     writes the timer's marks, the worker's peak RSS and its marker fields to ``out``."""
 
     def loop(config: dict[str, Any]) -> None:
-        from benchmarks.sft import StepTimer
+        from benchmarks.step_timer import StepTimer
         from geor_core import uris
         from geor_core.training import sft_setup
         from tasks import sft as sft_task

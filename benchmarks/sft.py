@@ -52,8 +52,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -63,61 +61,6 @@ from benchmarks.sft_report import compare, summarise  # noqa: E402
 PRESET = "test"
 RAY_CPUS = 2
 CONFIGS = {"bare": 1, "ray_1_worker": 1, "ray_2_workers": 2}  # name -> workers
-
-
-def _runqueue_wait_s() -> float:
-    """Seconds this process's threads have waited on a run queue (Linux schedstat; 0 elsewhere)."""
-    total = 0
-    for task in Path("/proc/self/task").glob("*/schedstat"):
-        try:
-            total += int(task.read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / 1e9
-
-
-class StepTimer(TrainerCallback):
-    """Wall-clock marks of one training process: trainer built, train begin/end, every step end."""
-
-    def __init__(self) -> None:
-        self.marks: dict[str, float] = {}
-        self.step_ends: list[float] = []
-        self.step_cpu: list[float] = []  # this process's CPU seconds (all threads) at each step end
-        self.step_waits: list[float] = []  # its threads' seconds spent runnable but not running
-        self.setup: dict[str, Any] = {}
-
-    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.marks["trainer_built"] = time.time()
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        import torch
-        import torch.distributed as dist
-
-        self.marks["train_begin"] = time.time()
-        self.setup = {
-            "torch_threads": torch.get_num_threads(),
-            "backend": dist.get_backend() if dist.is_initialized() else None,
-            "world_size": args.world_size,
-            "per_device_batch": args.per_device_train_batch_size,
-            "niceness": os.nice(0),
-        }
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.step_ends.append(time.time())
-        self.step_cpu.append(time.process_time())
-        self.step_waits.append(_runqueue_wait_s())
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.marks["train_end"] = time.time()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "marks": self.marks,
-            "step_ends": self.step_ends,
-            "step_cpu": self.step_cpu,
-            "step_waits": self.step_waits,
-            "setup": self.setup,
-        }
 
 
 def sft_overrides(steps: int, workers: int, zero_stage: int, global_batch: int) -> list[str]:
@@ -147,6 +90,7 @@ def run_bare(args: argparse.Namespace) -> dict[str, Any]:
         RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
     )  # fmt: skip
+    from benchmarks.step_timer import StepTimer
     from geor_core.config import load_config
     from geor_core.data.dataset import read_prepared
     from geor_core.training.model_loading import apply_lora, load_model, load_processor
@@ -178,6 +122,7 @@ def timed_worker_loop(timings_dir: str) -> Any:
         import ray.train
 
         import geor_core.training.sft_setup as sft_setup
+        from benchmarks.step_timer import StepTimer
         from tasks import sft as sft_task
 
         entered = time.time()
