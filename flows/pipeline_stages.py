@@ -8,8 +8,9 @@ skipping, resuming, ``--from``/``--only``, preflight and dispatch from ``STAGES`
 and writes under ``run.output_dir(stage)``; ``overwrite`` is False when it resumes a crashed run.
 
 GRPO trains on the mined hard rows (``grpo.pipeline_rows=hard``, the paper's) or on every prepared
-training row (``all``: mining is then not needed and does not run); when mining keeps none (the SFT model is already within the radius
-everywhere) it falls back to the full prepared rows and says so. Register offers every
+training row (``all``: mining is then not needed and does not run); when mining keeps none (the
+SFT model is already within the radius everywhere) it falls back to the full prepared rows and
+says so. Register offers every
 model the pipeline trained and evaluated (SFT, then SFT+GRPO) to the champion gate, each with its
 scorecard from the evaluation; the gate registers each and promotes the best one under its rule.
 The config each stage reads is declared once, in ``geor_core.config.logged_params.STAGE_READS``:

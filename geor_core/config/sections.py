@@ -202,7 +202,7 @@ class GrpoConfig(TrainingConfig):
         200.0, 0.0, doc="`geor mine-hard` keeps training rows predicted farther than this; `--radius-km`"
     )
     pipeline_rows: str = _choice(
-        "hard", "hard", "all", doc="`geor pipeline`'s GRPO trains on: hard (mined rows, the paper's) or all"
+        "hard", "hard", "all", doc="`geor pipeline`'s GRPO trains on: hard (mined rows) or all (no mining)"
     )
     train_groups: list = _list(
         [],
