@@ -16,7 +16,8 @@ Output layout (local or s3://)::
 The output is claimed first (geor_core/ownership.py): a folder geor did not write, or one that
 is or holds the data or a model, is refused; only the entries above are ever deleted there.
 
-Metrics are computed by `geor score`'s code (geor_core.scoring.evaluation_report). Rows come from the
+Metrics are computed by `geor score`'s code, in Ray Data over the prediction shards
+(tasks/evaluation_tally.py: the driver merges small tallies and never holds the predictions). Rows come from the
 prepared data's ``eval.splits`` in that order, the first ``eval.max_rows`` of each (0: all).
 A re-run skips every finished prediction shard and rebuilds the report.
 
@@ -38,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from geor_core import uris
@@ -53,19 +53,18 @@ from geor_core.registry.dataset_inputs import log_dataset
 from geor_core.registry.lineage import data_fingerprint
 from geor_core.scoring import plots
 from geor_core.scoring.evaluation_report import (
-    ModelReport,
     comparison_columns,
     comparison_rows,
     group_rewards,
     markdown_table,
-    model_report,
 )
 from geor_core.scoring.predictions import PREPARED_TRUTH, evaluation_predictions
 from geor_core.scoring.published import BENCHMARKS, detect_benchmark
-from geor_core.scoring.scoring import read_table
+from geor_core.scoring.report_tally import ModelReport
 from geor_core.training.sampled_reward import SAMPLING_SEED, score_sampled
 from tasks.batch_inference import InferenceJob, InferenceRun, inference_fingerprint, ray_scope, run_inference
 from tasks.evaluation_logging import log_comparison, log_model_run
+from tasks.evaluation_tally import tally_report
 from tasks.inference_actor import Decoding
 from tasks.training_run import check_model_source
 
@@ -85,7 +84,6 @@ class ModelEvaluation:
     predictions_uri: str
     report: ModelReport
     inference: InferenceRun
-    error_km: np.ndarray  # per evaluated row, NaN where the prediction is missing
     sampled: (
         dict[str, Any] | None
     )  # geor_core.training.sampled_reward's summary; None when eval.sampled_rows is 0
@@ -281,22 +279,23 @@ def _finish_model(
 ) -> ModelEvaluation:
     """The model's report from its written predictions, and its sampled reward scored and kept."""
     predictions_uri = plan.greedy_job.directory
-    predictions = read_table(predictions_uri)
-    if len(predictions) != rows.num_rows:
+    report = tally_report(
+        predictions_uri,
+        splits=list(cfg.eval.splits),
+        worst_n=cfg.eval.worst_n,
+        top_countries=cfg.eval.top_countries,
+    )
+    if report.metrics["n_truth_rows"] != rows.num_rows:
         raise RuntimeError(
-            f"{predictions_uri} holds {len(predictions)} rows but {rows.num_rows} were evaluated"
+            f"{predictions_uri} holds {report.metrics['n_truth_rows']} rows but {rows.num_rows} were evaluated"
         )
-    report = model_report(predictions, worst_n=cfg.eval.worst_n, top_countries=cfg.eval.top_countries)
-    if report.metrics["n"] + report.metrics["n_truth_invalid"] != rows.num_rows:
-        raise RuntimeError(f"{rows.num_rows} rows evaluated but {report.metrics['n']} scored")
     sampled = plan.sampled_kept
     if sampled_run is not None:
         sampled = _score_sampled(cfg, plan.sampled_job.rows, sampled_run)
         record = {"fingerprint": plan.sampled_key, "sampled": sampled}
         uris.write_text(uris.join(plan.directory, SAMPLED_FILE), json.dumps(record, indent=2) + "\n")
-    _write_model_report(plan.directory, plan.label, plan.source, predictions, report, inference, sampled)
-    error_km = predictions["error_km"].to_numpy(float)
-    return ModelEvaluation(plan.label, plan.source, predictions_uri, report, inference, error_km, sampled)
+    _write_model_report(plan.directory, plan.label, plan.source, report, inference, sampled)
+    return ModelEvaluation(plan.label, plan.source, predictions_uri, report, inference, sampled)
 
 
 def _score_sampled(cfg: GeorConfig, rows: pa.Table, run: InferenceRun) -> dict[str, Any]:
@@ -314,15 +313,17 @@ def _score_sampled(cfg: GeorConfig, rows: pa.Table, run: InferenceRun) -> dict[s
     return result.summary()
 
 
-def _model_plots(label: str, predictions: pd.DataFrame, report: ModelReport) -> dict[str, bytes]:
+def _model_plots(label: str, report: ModelReport) -> dict[str, bytes]:
+    points, rows = report.map_points, report.metrics["n_truth_rows"]
+    sample = f" (a sample of {len(points)} of {rows} rows)" if len(points) < rows else ""
     return {
-        "error_cdf.png": plots.error_cdf_png({label: predictions["error_km"].to_numpy(float)}),
+        "error_cdf.png": plots.error_cdf_png({label: report.error_sums}),
         "world_map.png": plots.world_map_png(
-            predictions["lat"],
-            predictions["lon"],
-            predictions["truth_lat"],
-            predictions["truth_lon"],
-            title=f"{label}: truth (green) vs prediction (red)",
+            points["lat"],
+            points["lon"],
+            points["truth_lat"],
+            points["truth_lon"],
+            title=f"{label}: truth (green) vs prediction (red){sample}",
         ),
         "per_country.png": plots.country_bars_png(report.per_country, title=f"{label}: per country"),
     }
@@ -332,7 +333,6 @@ def _write_model_report(
     directory: str,
     label: str,
     source: str,
-    predictions: pd.DataFrame,
     report: ModelReport,
     inference: InferenceRun,
     sampled: dict[str, Any] | None,
@@ -349,7 +349,7 @@ def _write_model_report(
         uris.write_text(uris.join(directory, f"{name}.csv"), table.to_csv(index=False))
         records = table.to_dict("records")
         uris.write_text(uris.join(directory, f"{name}.md"), markdown_table(records, list(table.columns)))
-    for name, png in _model_plots(label, predictions, report).items():
+    for name, png in _model_plots(label, report).items():
         uris.write_atomic(uris.join(directory, "plots", name), png)
 
 
@@ -368,5 +368,5 @@ def _write_comparison(
         uris.join(output_uri, "comparison.json"),
         json.dumps({"benchmark": benchmark, "rows": comparison}, indent=2) + "\n",
     )
-    curves = {e.label: e.error_km for e in evaluations}
+    curves = {e.label: e.report.error_sums for e in evaluations}
     uris.write_atomic(uris.join(output_uri, "error_cdf.png"), plots.error_cdf_png(curves))

@@ -1,5 +1,6 @@
 """The evaluation report's Ray-free parts: the predictions table, the analyses, metrics equal to
-`geor score`'s, metrics per group, plots and the published rows beside a comparison."""
+`geor score`'s, the same report from merged batches as from one pass, metrics per group, plots and
+the published rows beside a comparison."""
 
 from __future__ import annotations
 
@@ -15,20 +16,23 @@ from geor_core.config import RewardConfig
 from geor_core.geo import gazetteer
 from geor_core.geo.geo import haversine_km
 from geor_core.scoring import plots
-from geor_core.scoring.analysis import cor_consistency, level_summary, per_country, worst
 from geor_core.scoring.evaluation_report import (
     COMPARISON_COLUMNS,
-    comparison_columns,
     comparison_rows,
-    group_metrics,
-    group_reward_change,
-    group_rewards,
-    score_predictions,
 )
+from geor_core.scoring.metrics import metric_sums
 from geor_core.scoring.predictions import EVALUATION_SCHEMA, evaluation_predictions
 from geor_core.scoring.published import detect_benchmark, published_rows
+from geor_core.scoring.report_tally import (
+    MAP_POINTS,
+    SCORE_ARGS,
+    ReportTally,
+    medians,
+    report_of_table,
+    selected_errors,
+)
 from geor_core.scoring.rewards import Truth, score_completions
-from geor_core.scoring.scoring import score_files
+from geor_core.scoring.scoring import score_files, score_tables
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # what `geor score` reports about reading its two files, beside the metrics
@@ -99,15 +103,23 @@ def test_predictions_table_keeps_every_row_and_scores_it(scored_table):
     assert df["cor_country_consistent"].tolist() == [True, True, False, True]
 
 
+def report(table: pd.DataFrame, top_countries: int = 5, worst_n: int = 3):
+    return report_of_table(table, splits=["val", "test"], worst_n=worst_n, top_countries=top_countries)
+
+
+def score_predictions(table: pd.DataFrame) -> dict:
+    return score_tables(table, table, **SCORE_ARGS)
+
+
 def test_analysis_levels_consistency_countries_and_worst(scored_table):
-    levels = level_summary(scored_table)
-    assert levels["country_match_rate"] == 25.0 and levels["state_given_country_rate"] == 100.0
-    consistency = cor_consistency(scored_table)
-    assert consistency["n_with_point"] == 3 and consistency["country_consistent_rate"] == 100.0
-    countries = per_country(scored_table, top_n=1)
+    result = report(scored_table, top_countries=1)
+    assert result.levels["country_match_rate"] == 25.0 and result.levels["state_given_country_rate"] == 100.0
+    assert result.consistency["n_with_point"] == 3 and result.consistency["country_consistent_rate"] == 100.0
+    countries = result.per_country
     assert countries["country_code"].tolist() == ["FR"] and countries.loc[0, "n"] == 2
     assert countries.loc[0, "acc_25km"] == 50.0 and countries.loc[0, "country_match_rate"] == 50.0
-    ranked = worst(scored_table, 3)
+    assert countries.loc[0, "median_km"] == pytest.approx(np.median(scored_table["error_km"][[0, 3]]))
+    ranked = result.worst
     assert ranked["id"].tolist() == ["r2", "r1", "r3"]  # missing first, then the largest errors
     assert ranked.loc[0, "completion"] == "rainerainerain"
 
@@ -115,68 +127,111 @@ def test_analysis_levels_consistency_countries_and_worst(scored_table):
 def test_metrics_come_from_score_and_count_every_row(scored_table, tmp_path):
     path = tmp_path / "predictions.parquet"
     scored_table.to_parquet(path)
-    ours = score_predictions(scored_table)
+    ours = report(scored_table).metrics
     theirs = score_files(
         str(path), str(path), text_col="completion", lat_col="truth_lat", lon_col="truth_lon"
     )
     assert theirs["n_malformed_rows"] == {"predictions": 0, "truth": 0}
     assert {k: v for k, v in theirs.items() if k not in FILE_KEYS} == ours
     assert ours["n"] == 4 and ours["n_missing"] == 1 and ours["acc_25km"] == 25.0
-    assert ours["country_match_rate"] == level_summary(scored_table)["country_match_rate"]
+    assert ours["country_match_rate"] == report(scored_table).levels["country_match_rate"]
 
 
-def test_metrics_per_group_when_rows_carry_one():
-    truth = truth_table([PARIS, TOKYO, LAGOS, PARIS])
-    completions = [
-        answer("France", "Ile-de-France", "Paris", 48.86, 2.35),
-        "no answer",
-        *[answer("France", "", "", *PARIS)] * 2,
-    ]
-    plain = evaluation_predictions(truth, completions, [""] * 4, RewardConfig()).to_pandas()
-    assert plain["group"].tolist() == [""] * 4 and group_metrics(plain) == {}
-    grouped = truth.append_column("group", pa.array(["clean", "ambiguous", "ambiguous", None]))
-    df = evaluation_predictions(grouped, completions, [""] * 4, RewardConfig()).to_pandas()
-    assert df["group"].tolist() == ["clean", "ambiguous", "ambiguous", ""]
-    groups = group_metrics(df)
-    assert list(groups) == ["", "ambiguous", "clean"]
-    for name, result in groups.items():
-        rows = df[df["group"] == name]
-        assert result == {**score_predictions(rows), "reward": pytest.approx(rows["reward_combined"].mean())}
-    assert groups["ambiguous"]["n"] == 2 and groups["ambiguous"]["n_missing"] == 1
-    assert groups["clean"]["reward"] > 0.9 > groups["ambiguous"]["reward"]
+def world_table(rows: int, seed: int) -> pd.DataFrame:
+    """``rows`` predictions around the world: near misses, far misses, garbage, two splits, groups."""
+    rng = np.random.default_rng(seed)
+    cities = [PARIS, TOKYO, LAGOS, OSAKA, (40.4168, -3.7038), (-33.8688, 151.2093), (19.4326, -99.1332)]
+    points = [cities[i] for i in rng.integers(0, len(cities), rows)]
+    truth = truth_table(points)
+    truth = truth.append_column("group", pa.array(rng.choice(["clean", "ambiguous", ""], rows).tolist()))
+    truth = truth.set_column(1, "split", pa.array(rng.choice(["val", "test"], rows).tolist()))
+    completions = []
+    for lat, lon in points:
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            completions.append("no coordinates here")
+        else:
+            spread = (0.01, 1.0, 20.0)[kind - 1]
+            guess = (
+                np.clip(lat + rng.normal(0, spread), -89, 89),
+                (lon + rng.normal(0, spread) + 180) % 360 - 180,
+            )
+            completions.append(answer("France", "Ile-de-France", "Paris", *guess))
+    return evaluation_predictions(truth, completions, [""] * rows, RewardConfig()).to_pandas()
 
-    # the comparison table carries each group's reward after its fixed columns, and says in words
-    # how it moved from one model to another
-    worse = {name: {**result, "reward": result["reward"] - 0.25} for name, result in groups.items()}
-    rows = comparison_rows(
-        [("sft", "/s", group_rewards(worse)), ("grpo", "/g", group_rewards(groups)), ("base", "/b", {})]
+
+def close(ours: dict, theirs: dict) -> bool:
+    """Equal, floats to 1e-12 relative (sums merged in another order round differently)."""
+    assert ours.keys() == theirs.keys()
+    for key, value in ours.items():
+        if isinstance(value, float):
+            assert value == pytest.approx(theirs[key], rel=1e-12), key
+        else:
+            assert value == theirs[key], key
+    return True
+
+
+@pytest.mark.parametrize("rows", [57, 60])  # odd and even: one middle error, or two averaged
+def test_a_report_merged_from_batches_is_the_report_of_one_pass(rows, monkeypatch):
+    table = world_table(rows, seed=rows)
+    whole = report(table, worst_n=7)
+    batches = [table.iloc[start : start + 9] for start in range(0, rows, 9)]
+    tally = ReportTally.of(batches[0], 7)
+    for batch in batches[1:]:
+        tally = tally.merge(ReportTally.of(batch, 7))
+    requests = tally.median_requests(5)
+    merged = tally.report(
+        medians(tally, requests, [selected_errors(b, requests) for b in batches]), ["val", "test"], 5
     )
-    assert comparison_columns(rows) == [
-        *COMPARISON_COLUMNS,
-        "reward_ambiguous",
-        "reward_clean",
-        "reward_ungrouped",
-    ]
-    assert rows[1]["reward_clean"] == groups["clean"]["reward"] and "reward_clean" not in rows[2]
-    change = group_reward_change(rows, "sft", "grpo")
-    assert change.startswith("grpo against sft, mean reward of greedy answers per group: ")
-    clean = groups["clean"]["reward"]
-    assert f"clean {clean - 0.25:.3f} -> {clean:.3f} (+0.250)" in change and "ambiguous" in change
-    assert group_reward_change(rows, "base", "grpo") is None  # the base row has no group rewards
-    assert group_reward_change(rows, "sft", "missing") is None
+
+    assert close(merged.metrics, score_predictions(table)) and close(merged.metrics, whole.metrics)
+    assert merged.metrics["n"] == rows and merged.metrics["median_km"] == np.median(
+        table["error_km"].dropna()
+    )  # exact, not approximate
+    for name in ("val", "test"):
+        assert close(merged.splits[name], score_predictions(table[table["split"] == name]))
+    assert list(merged.groups) == ["", "ambiguous", "clean"]
+    for name, result in merged.groups.items():
+        rows_of = table[table["group"] == name]
+        assert close(result, {**score_predictions(rows_of), "reward": rows_of["reward_combined"].mean()})
+    assert merged.levels == whole.levels and merged.consistency == whole.consistency
+    pd.testing.assert_frame_equal(merged.per_country, whole.per_country, rtol=1e-12)
+    pd.testing.assert_frame_equal(merged.worst, whole.worst)
+    assert merged.worst["error_km"].isna().sum() == min(7, table["error_km"].isna().sum())
+    assert merged.error_sums.histogram == whole.error_sums.histogram
+    # the map's sample is the same rows whichever way the batches fell, and bounded
+    monkeypatch.setattr("geor_core.scoring.report_tally.MAP_POINTS", 10)
+    small = [ReportTally.of(b, 7).map_points for b in batches]
+    one = ReportTally.of(table, 7).map_points
+    again = ReportTally.of(batches[0], 7)
+    for batch in batches[1:]:
+        again = again.merge(ReportTally.of(batch, 7))
+    assert len(one) == 10 and sorted(again.map_points["rank"]) == sorted(one["rank"]) and MAP_POINTS > 10
+    assert all(len(points) <= 10 for points in small)
+
+
+def test_a_changed_error_between_the_passes_is_an_error():
+    table = world_table(20, seed=3)
+    tally = ReportTally.of(table, 3)
+    requests = tally.median_requests(5)
+    changed = table.copy()
+    changed["completion"] = "nothing"  # the second pass reads other rows than the first
+    with pytest.raises(RuntimeError, match="errors on re-reading"):
+        medians(tally, requests, [selected_errors(changed, requests)])
 
 
 def test_plots_are_png_even_for_missing_predictions(scored_table):
     empty = scored_table.iloc[0:0]
-    assert_png(plots.error_cdf_png({"a": scored_table["error_km"], "garbage": np.full(5, np.nan)}))
+    garbage, _ = metric_sums(np.full(5, np.nan), np.full(5, np.nan), np.zeros(5), np.zeros(5))
+    assert_png(plots.error_cdf_png({"a": report(scored_table).error_sums, "garbage": garbage}))
     assert_png(
         plots.world_map_png(
             scored_table["lat"], scored_table["lon"], scored_table["truth_lat"], scored_table["truth_lon"]
         )
     )
     assert_png(plots.world_map_png(np.full(3, np.nan), np.full(3, np.nan)))
-    assert_png(plots.country_bars_png(per_country(scored_table, 5)))
-    assert_png(plots.country_bars_png(per_country(empty, 5)))
+    assert_png(plots.country_bars_png(report(scored_table).per_country))
+    assert_png(plots.country_bars_png(report(empty).per_country))
 
 
 def test_published_rows_are_detected_and_added_to_the_comparison():

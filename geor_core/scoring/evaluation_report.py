@@ -1,95 +1,29 @@
-"""A model's evaluation report and the comparison table of several models (Ray-free).
+"""The comparison table of several models' evaluation reports (Ray-free).
 
-Metrics come from `geor score`'s own code: ``scoring.score_tables`` over the predictions table in
-text mode (the ``completion`` column parsed by the one rule, the truth from ``truth_lat`` /
-``truth_lon``), so `geor evaluate` and `geor score --predictions <predictions dir> --truth
-<predictions dir> --text-col completion --lat-col truth_lat --lon-col truth_lon` always agree,
+Each model's report (geor_core.scoring.report_tally) comes from `geor score`'s own code over the
+predictions table in text mode (the ``completion`` column parsed by the one rule, the truth from
+``truth_lat`` / ``truth_lon``), so `geor evaluate` and `geor score --predictions <predictions dir>
+--truth <predictions dir> --text-col completion --lat-col truth_lat --lon-col truth_lon` agree,
 overall and per split (and per group: the prepared rows' ``group``, from ``prepare.group_col``,
-with the mean combined reward beside). Every row is scored: a completion without a pair is a miss, never a
-dropped row.
+with the mean combined reward beside). Every row is scored: a completion without a pair is a
+miss, never a dropped row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
-from geor_core.scoring import analysis
 from geor_core.scoring.published import published_rows
-from geor_core.scoring.rewards import COMBINED
-from geor_core.scoring.scoring import METRIC_COLUMNS, score_tables
+from geor_core.scoring.scoring import METRIC_COLUMNS
 
-SCORE_ARGS = {"text_col": "completion", "lat_col": "truth_lat", "lon_col": "truth_lon"}
 # sampled_reward: the mean combined reward of sampled completions (eval.sampled_rows; "-" when off)
 COMPARISON_COLUMNS = ("model", "source", "n", "n_missing", *METRIC_COLUMNS, "sampled_reward")
 # then, where the rows have groups, ``reward_<group>``: the mean combined reward of the greedy
 # completions on that group's rows (``ModelReport.groups``), e.g. reward_ambiguous, reward_clean
 GROUP_REWARD_PREFIX = "reward_"
-MAX_GROUPS = 20  # groups reported per model (the largest): a group column is a handful of slices
 # Scalars of a score result logged as MLflow metrics (the rest is counts by reason and id samples).
 METRIC_KEYS = ("n", "n_missing", *METRIC_COLUMNS, "missing_rate")
-
-
-@dataclass
-class ModelReport:
-    """Everything `geor evaluate` reports about one model."""
-
-    metrics: dict[str, Any]  # the score result over all rows
-    splits: dict[str, dict[str, Any]]  # split -> score result over its rows
-    groups: dict[str, dict[str, Any]]  # group -> score result plus mean reward; empty without groups
-    levels: dict[str, Any]
-    consistency: dict[str, Any]
-    per_country: pd.DataFrame
-    worst: pd.DataFrame
-
-    def summary(self) -> dict[str, Any]:
-        """The JSON-ready part: metrics overall, per split and per group, levels and consistency."""
-        return {
-            "metrics": self.metrics,
-            "splits": self.splits,
-            **({"groups": self.groups} if self.groups else {}),
-            "levels": self.levels,
-            "cor_consistency": self.consistency,
-        }
-
-
-def score_predictions(predictions: pd.DataFrame) -> dict[str, Any]:
-    """`geor score`'s result for a predictions table (the table is its own truth)."""
-    return score_tables(predictions, predictions, **SCORE_ARGS)
-
-
-def group_metrics(predictions: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per ``group`` (the ``MAX_GROUPS`` largest, by name; none when every row's group is ""): the
-    score result plus ``reward``, the mean combined reward of the completions (the run's reward config)."""
-    groups = predictions["group"].fillna("") if "group" in predictions else pd.Series("", predictions.index)
-    if (groups == "").all():
-        return {}
-    sizes = groups.value_counts()
-    largest = sorted(sizes.sort_values(ascending=False, kind="stable").index[:MAX_GROUPS])
-    return {
-        name: {
-            **score_predictions(predictions[groups == name]),
-            "reward": float(predictions.loc[groups == name, f"reward_{COMBINED}"].mean()),
-        }
-        for name in largest
-    }
-
-
-def model_report(predictions: pd.DataFrame, *, worst_n: int, top_countries: int) -> ModelReport:
-    """Metrics overall, per split (in order of appearance) and per group, levels, consistency, tables."""
-    splits = list(dict.fromkeys(predictions["split"].tolist()))
-    return ModelReport(
-        metrics=score_predictions(predictions),
-        splits={name: score_predictions(predictions[predictions["split"] == name]) for name in splits},
-        groups=group_metrics(predictions),
-        levels=analysis.level_summary(predictions),
-        consistency=analysis.cor_consistency(predictions),
-        per_country=analysis.per_country(predictions, top_countries),
-        worst=analysis.worst(predictions, worst_n),
-    )
 
 
 def group_rewards(groups: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,87 @@ def _geoscore(distance_km: np.ndarray) -> np.ndarray:
     return GEOSCORE_MAX * np.exp(-distance_km / GEOSCORE_SCALE_KM)
 
 
+# Bins of a distance histogram: bin i holds the errors in (EDGES[i-1], EDGES[i]] (bin 0: up to
+# 1 m); the count of errors <= EDGES[i] is exact, which draws an error CDF and locates a median
+# from merged histograms (geor_core.scoring.score_tally).
+DISTANCE_EDGES_KM = np.geomspace(1e-3, 20040.0, 4096)
+LEVELS = ("country", "state", "city")
+
+
+@dataclass
+class MetricSums:
+    """``compute_metrics``'s inputs reduced to sums that add up across batches of rows: merge the
+    sums of every batch, then ``metrics(median_km)`` gives the same result as ``compute_metrics``
+    over all the rows (sums to float precision, every count and rate exactly). The median is not a
+    sum: the caller gives it (``median_ranks`` says which bins hold it)."""
+
+    n: int = 0
+    found: int = 0
+    within: tuple[int, ...] = (0,) * len(THRESHOLDS_KM)
+    sum_km: float = 0.0
+    sum_geoscore: float = 0.0
+    format_ok: int | None = None  # None: no format flags were given
+    level_matches: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(LEVELS))
+    histogram: dict[int, int] = field(default_factory=dict)  # DISTANCE_EDGES_KM bin -> found errors
+
+    def merge(self, other: MetricSums) -> MetricSums:
+        histogram = dict(self.histogram)
+        for key, count in other.histogram.items():
+            histogram[key] = histogram.get(key, 0) + count
+        return MetricSums(
+            self.n + other.n,
+            self.found + other.found,
+            tuple(a + b for a, b in zip(self.within, other.within, strict=True)),
+            self.sum_km + other.sum_km,
+            self.sum_geoscore + other.sum_geoscore,
+            _add_optional(self.format_ok, other.format_ok),
+            {k: _add_optional(v, other.level_matches[k]) for k, v in self.level_matches.items()},
+            histogram,
+        )
+
+    def median_ranks(self) -> list[tuple[int, int]]:
+        """(bin, 0-based rank inside the bin) of the one or two sorted errors the median averages."""
+        if not self.found:
+            return []
+        middle = self.found // 2
+        ranks = [middle] if self.found % 2 else [middle - 1, middle]
+        located, below = [], 0
+        for key in sorted(self.histogram):
+            count = self.histogram[key]
+            located += [(key, rank - below) for rank in ranks if below <= rank < below + count]
+            below += count
+        return located
+
+    def metrics(self, median_km: float | None) -> dict[str, Any]:
+        """The metrics of the rows summed (see ``compute_metrics``), with their median error."""
+        n, found = self.n, self.found
+        metrics: dict[str, Any] = {"n": n, "n_missing": n - found, "missing_rate": percent(n - found, n)}
+        for threshold, count in zip(THRESHOLDS_KM, self.within, strict=True):
+            metrics[f"acc_{threshold}km"] = percent(count, n)
+        metrics["median_km"] = median_km if found else None
+        metrics["mean_km"] = self.sum_km / found if found else None
+        metrics["geoscore"] = self.sum_geoscore / n if n else None
+        metrics["format_rate"] = None if self.format_ok is None else percent(self.format_ok, n)
+        for level, count in self.level_matches.items():
+            metrics[f"{level}_match_rate"] = None if count is None else percent(count, n)
+        return metrics
+
+
+def _add_optional(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
+
+
 def compute_metrics(
+    pred_lat: ArrayLike, pred_lon: ArrayLike, true_lat: ArrayLike, true_lon: ArrayLike, **optional: Any
+) -> dict[str, Any]:
+    """Metrics over n rows; the truth must be valid coordinates (ValueError naming the first bad
+    row). ``optional``: ``metric_sums``'s format flags and named levels."""
+    sums, distance = metric_sums(pred_lat, pred_lon, true_lat, true_lon, **optional)
+    found = distance[~np.isnan(distance)]
+    return sums.metrics(float(np.median(found)) if found.size else None)
+
+
+def metric_sums(
     pred_lat: ArrayLike,
     pred_lon: ArrayLike,
     true_lat: ArrayLike,
@@ -63,8 +144,8 @@ def compute_metrics(
     truth_country_code: Sequence[object] | None = None,
     truth_state: Sequence[object] | None = None,
     truth_city: Sequence[object] | None = None,
-) -> dict[str, Any]:
-    """Metrics over n rows; the truth must be valid coordinates (ValueError naming the first bad row)."""
+) -> tuple[MetricSums, np.ndarray]:
+    """(the rows' ``MetricSums``, each row's error in km, NaN where the prediction is missing)."""
     plat, plon = _floats(pred_lat, "pred_lat"), _floats(pred_lon, "pred_lon")
     tlat, tlon = _floats(true_lat, "true_lat"), _floats(true_lon, "true_lon")
     n = tlat.size
@@ -79,26 +160,26 @@ def compute_metrics(
     distance = np.full(n, np.nan)
     distance[predicted] = haversine_km(plat[predicted], plon[predicted], tlat[predicted], tlon[predicted])
     found = distance[predicted]
-    metrics: dict[str, Any] = {
-        "n": int(n),
-        "n_missing": int(n - found.size),
-        "missing_rate": _percent(n - found.size, n),
-    }
-    for threshold in THRESHOLDS_KM:
-        metrics[f"acc_{threshold}km"] = _percent(np.count_nonzero(within_km(found, threshold)), n)
-    metrics["median_km"] = float(np.median(found)) if found.size else None
-    metrics["mean_km"] = float(np.mean(found)) if found.size else None
-    metrics["geoscore"] = float(_geoscore(found).sum() / n) if n else None
-    metrics["format_rate"] = None
+    format_count = None
     if format_ok is not None:
         flags = np.asarray(format_ok, dtype=bool).reshape(-1)
         if flags.size != n:
             raise ValueError(f"format_ok has {flags.size} values but there are {n} rows")
-        metrics["format_rate"] = _percent(np.count_nonzero(flags), n)
-    metrics.update(
-        _level_rates(n, pred_country, pred_state, pred_city, truth_country_code, truth_state, truth_city)
+        format_count = int(np.count_nonzero(flags))
+    bins, counts = np.unique(np.searchsorted(DISTANCE_EDGES_KM, found), return_counts=True)
+    sums = MetricSums(
+        n=int(n),
+        found=int(found.size),
+        within=tuple(int(np.count_nonzero(within_km(found, t))) for t in THRESHOLDS_KM),
+        sum_km=float(np.sum(found)),
+        sum_geoscore=float(_geoscore(found).sum()),
+        format_ok=format_count,
+        level_matches=_level_counts(
+            n, pred_country, pred_state, pred_city, truth_country_code, truth_state, truth_city
+        ),
+        histogram=dict(zip(bins.tolist(), counts.tolist(), strict=True)),
     )
-    return metrics
+    return sums, distance
 
 
 @functools.lru_cache(maxsize=65536)
@@ -150,11 +231,12 @@ def _floats(values: ArrayLike, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be numbers (NaN for missing): {exc}") from exc
 
 
-def _percent(count: int, n: int) -> float | None:
+def percent(count: int, n: int) -> float | None:
+    """``count`` of ``n`` in percent; None when n is 0."""
     return float(count) * 100.0 / n if n else None
 
 
-def _level_rates(
+def _level_counts(
     n: int,
     pred_country: Sequence[object] | None,
     pred_state: Sequence[object] | None,
@@ -162,11 +244,11 @@ def _level_rates(
     truth_country_code: Sequence[object] | None,
     truth_state: Sequence[object] | None,
     truth_city: Sequence[object] | None,
-) -> dict[str, float | None]:
+) -> dict[str, int | None]:
     given = {"country": pred_country, "state": pred_state, "city": pred_city}
-    rates: dict[str, float | None] = {f"{level}_match_rate": None for level in given}
+    counts: dict[str, int | None] = dict.fromkeys(given)
     if all(values is None for values in given.values()):
-        return rates
+        return counts
     truth = {"truth_country_code": truth_country_code, "truth_state": truth_state, "truth_city": truth_city}
     for name, values in {**given, **truth}.items():
         if values is not None and len(values) != n:
@@ -177,5 +259,5 @@ def _level_rates(
     matches = level_matches(*(absent if v is None else v for v in given.values()), *truth.values())
     for (level, values), match in zip(given.items(), matches, strict=True):
         if values is not None:
-            rates[f"{level}_match_rate"] = _percent(np.count_nonzero(match), n)
-    return rates
+            counts[level] = int(np.count_nonzero(match))
+    return counts

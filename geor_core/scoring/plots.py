@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
 from geor_core.geo import gazetteer
-from geor_core.scoring.metrics import THRESHOLDS_KM
+from geor_core.scoring.metrics import DISTANCE_EDGES_KM, THRESHOLDS_KM, MetricSums
 
 THRESHOLD_NAMES = {1: "street", 25: "city", 200: "region", 750: "country", 2500: "continent"}
 MIN_KM, MAX_KM = 0.1, 20038.0  # half the Earth's circumference: no error is larger
@@ -33,17 +33,18 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def error_cdf_png(errors_km: Mapping[str, ArrayLike]) -> bytes:
-    """Share of ALL rows within d km, against d on a log axis, one curve per model; a missing
-    prediction (NaN) never counts, so a curve tops out at 1 - missing rate."""
+def error_cdf_png(curves: Mapping[str, MetricSums]) -> bytes:
+    """Share of the scored rows within d km, against d on a log axis, one curve per model, from
+    each model's error histogram (exact at every bin edge); a missing prediction never counts, so
+    a curve tops out at 1 - missing rate."""
     figure = Figure(figsize=(7.5, 4.5))
     axes = figure.add_subplot()
-    grid = np.geomspace(MIN_KM, MAX_KM, 400)
-    for label, values in errors_km.items():
-        errors = np.asarray(values, dtype=np.float64)
-        found = np.sort(errors[~np.isnan(errors)])
-        share = np.searchsorted(found, grid, side="right") / max(errors.size, 1)
-        axes.plot(grid, share * 100.0, label=f"{label} (n={errors.size})", linewidth=1.6)
+    for label, sums in curves.items():
+        counts = np.zeros(DISTANCE_EDGES_KM.size + 1)
+        for bin_, count in sums.histogram.items():
+            counts[bin_] += count
+        share = np.cumsum(counts)[:-1] / max(sums.n, 1)  # errors <= each edge
+        axes.plot(DISTANCE_EDGES_KM, share * 100.0, label=f"{label} (n={sums.n})", linewidth=1.6)
     for threshold in THRESHOLDS_KM:
         axes.axvline(threshold, color="0.6", linestyle="--", linewidth=0.8)
         axes.text(
@@ -101,7 +102,7 @@ def world_map_png(
 
 
 def country_bars_png(per_country: pd.DataFrame, title: str = "") -> bytes:
-    """Grouped bars per country (geor_core.scoring.analysis.per_country rows): % within 200 / 750 km and
+    """Grouped bars per country (a report's per_country rows): % within 200 / 750 km and
     % naming the right country."""
     bars = (
         ("acc_200km", "within 200 km"),

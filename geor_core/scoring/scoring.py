@@ -48,7 +48,8 @@ from geor_core.errors import UserFacingError
 from geor_core.geo import gazetteer
 from geor_core.geo.geo import validate_coordinates
 from geor_core.geo.parse import parse_many
-from geor_core.scoring.metrics import THRESHOLDS_KM, compute_metrics
+from geor_core.scoring.metrics import THRESHOLDS_KM
+from geor_core.scoring.score_tally import MAX_IDS_SHOWN, NO_PREDICTION_ROW, ScoredRows
 
 LEVEL_COLUMNS = ("country", "state", "city")
 ACCURACY_COLUMNS = tuple(f"acc_{t}km" for t in THRESHOLDS_KM)
@@ -63,7 +64,6 @@ METRIC_COLUMNS = (
     "state_match_rate",
     "city_match_rate",
 )
-MAX_IDS_SHOWN = 10
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -171,7 +171,15 @@ def _read_csv(
     return pd.DataFrame(rows, columns=header, dtype=str)
 
 
-def score_tables(
+def score_tables(predictions: pd.DataFrame, truth: pd.DataFrame, **columns: str | None) -> dict[str, Any]:
+    """Join predictions to truth by id and compute the metrics plus every count of the join
+    (``columns``: ``join_rows``'s column names)."""
+    tally, distance = join_rows(predictions, truth, **columns).tally()
+    found = distance[~np.isnan(distance)]
+    return tally.result(float(np.median(found)) if found.size else None)
+
+
+def join_rows(
     predictions: pd.DataFrame,
     truth: pd.DataFrame,
     *,
@@ -181,8 +189,9 @@ def score_tables(
     text_col: str | None = None,
     lat_col: str = "lat",
     lon_col: str = "lon",
-) -> dict[str, Any]:
-    """Join predictions to truth by id and compute the metrics plus every count of the join."""
+) -> ScoredRows:
+    """Every truth row joined by id to its prediction (parsed from ``text_col``, or the numeric
+    columns), with the truth's gazetteer levels where the predictions name levels."""
     _require_columns(truth, "truth", [id_col, lat_col, lon_col])
     pred_columns = [text_col] if text_col else [pred_lat_col, pred_lon_col]
     _require_columns(predictions, "predictions", [id_col, *pred_columns])
@@ -194,7 +203,8 @@ def score_tables(
     )
     truth_valid = truth_reason == ""
     row_of_id = pd.Series(np.arange(len(pred_ids)), index=pred_ids)
-    pred_row = row_of_id.reindex(truth_ids[truth_valid]).to_numpy()  # NaN: no prediction row
+    pred_row_of_truth = row_of_id.reindex(truth_ids).to_numpy()  # NaN: no prediction row
+    pred_row = pred_row_of_truth[truth_valid]
     has_row = ~np.isnan(pred_row)
     rows = pred_row[has_row].astype(np.int64)
     n = int(truth_valid.sum())
@@ -203,42 +213,27 @@ def score_tables(
     plat = np.full(n, np.nan)
     plon = np.full(n, np.nan)
     plat[has_row], plon[has_row] = prediction["lat"][rows], prediction["lon"][rows]
+    reason = np.full(n, NO_PREDICTION_ROW, dtype=object)
+    reason[has_row] = prediction["reason"][rows]
     format_ok = None
     if prediction["format_ok"] is not None:
         format_ok = np.zeros(n, dtype=bool)
         format_ok[has_row] = prediction["format_ok"][rows]
     levels = _predicted_levels(prediction["levels"], has_row, rows, n)
     truth_levels = _truth_levels(true_lat[truth_valid], true_lon[truth_valid]) if levels else {}
-
-    metrics = compute_metrics(
-        plat,
-        plon,
-        true_lat[truth_valid],
-        true_lon[truth_valid],
+    return ScoredRows(
+        mode="text" if text_col else "numeric",
+        truth_reason=truth_reason,
+        has_prediction=~np.isnan(pred_row_of_truth),
+        pred_lat=plat,
+        pred_lon=plon,
+        true_lat=true_lat[truth_valid],
+        true_lon=true_lon[truth_valid],
+        reason=reason,
         format_ok=format_ok,
-        **levels,
-        **truth_levels,
+        levels={**levels, **truth_levels},
+        unmatched_ids=pred_ids[~np.isin(pred_ids, truth_ids)],
     )
-    unmatched = pred_ids[~np.isin(pred_ids, truth_ids)]
-    return {
-        **metrics,
-        "mode": "text" if text_col else "numeric",
-        "n_truth_rows": len(truth_ids),
-        "n_truth_invalid": int((~truth_valid).sum()),
-        "truth_invalid_reasons": dict(Counter(truth_reason[~truth_valid].tolist())),
-        "n_prediction_rows": len(pred_ids),
-        "missing_reasons": _missing_reasons(prediction["reason"][rows], int((~has_row).sum())),
-        "n_unmatched_predictions": len(unmatched),
-        "unmatched_prediction_ids": unmatched[:MAX_IDS_SHOWN].tolist(),
-    }
-
-
-def _missing_reasons(reason_of_matched_rows: np.ndarray, n_no_prediction_row: int) -> dict[str, int]:
-    """Why each missing prediction is missing; the counts add up to n_missing."""
-    reasons = Counter(reason_of_matched_rows[reason_of_matched_rows != ""].tolist())
-    if n_no_prediction_row:
-        reasons["no_prediction_row"] = n_no_prediction_row
-    return dict(sorted(reasons.items()))
 
 
 def _require_columns(table: pd.DataFrame, which: str, columns: list[str]) -> None:

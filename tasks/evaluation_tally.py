@@ -1,0 +1,64 @@
+"""A model's evaluation report computed in Ray Data: its prediction shards are read by Ray Data
+workers, each block becomes a small tally (geor_core.scoring.report_tally), and the driver merges
+the tallies one by one. The driver never holds the predictions: its memory is the report's (counts
+per slice, an error histogram per reported slice, the worst rows, the map's sample), whatever
+the number of rows. Two passes over the shards: the tallies, then the errors in the histogram
+bins that hold each reported median (exact medians without sorting every error).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pandas as pd
+
+from geor_core.data.dataset import parquet_files
+from geor_core.scoring.report_tally import ModelReport, ReportTally, medians, selected_errors
+from tasks.ray_session import connect_ray
+
+TALLY_COLUMN = "tally"
+
+
+def tally_report(predictions_uri: str, *, splits: list[str], worst_n: int, top_countries: int) -> ModelReport:
+    """The report of every shard under ``predictions_uri`` (connects to Ray: inside ``ray_scope()``)."""
+    import ray.data
+
+    connect_ray()
+    fs, files = parquet_files(predictions_uri)
+    if not files:
+        raise RuntimeError(f"{predictions_uri} holds no prediction shard")
+    dataset = ray.data.read_parquet(files, filesystem=fs, override_num_blocks=len(files))
+    tally: ReportTally | None = None
+    for part in _per_block(dataset, _tally_block, worst_n=worst_n):
+        tally = part if tally is None else tally.merge(part)
+    assert tally is not None
+    requests = tally.median_requests(top_countries)
+    selections = list(_per_block(dataset, _select_block, requests=requests))
+    return tally.report(medians(tally, requests, selections), splits, top_countries)
+
+
+def _per_block(dataset: Any, fn: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """``fn(block as a DataFrame, **kwargs)`` on every block in the workers, its results here."""
+    parts = dataset.map_batches(
+        _pickled(fn), batch_format="pandas", batch_size=None, fn_kwargs=kwargs, zero_copy_batch=True
+    )
+    for batch in parts.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for payload in batch.column(TALLY_COLUMN).to_pylist():
+            yield pickle.loads(payload)
+
+
+def _pickled(fn: Callable[..., Any]) -> Callable[..., dict[str, list[bytes]]]:
+    def apply(block: pd.DataFrame, **kwargs: Any) -> dict[str, list[bytes]]:
+        return {TALLY_COLUMN: [pickle.dumps(fn(block, **kwargs))]}
+
+    return apply
+
+
+def _tally_block(block: pd.DataFrame, worst_n: int) -> ReportTally:
+    return ReportTally.of(block, worst_n)
+
+
+def _select_block(block: pd.DataFrame, requests: dict) -> dict:
+    return selected_errors(block, requests)
