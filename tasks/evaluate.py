@@ -16,8 +16,9 @@ Output layout (local or s3://)::
 The output is claimed first (geor_core/ownership.py): a folder geor did not write, or one that
 is or holds the data or a model, is refused; only the entries above are ever deleted there.
 
-Metrics are computed by `geor score`'s code, in Ray Data over the prediction shards
-(tasks/evaluation_tally.py: the driver merges small tallies and never holds the predictions). Rows come from the
+Metrics are computed by `geor score`'s code, in Ray Data over the prediction shards above
+``eval.report_in_driver_rows`` rows (tasks/evaluation_tally.py: the driver merges small tallies
+and never holds the predictions), in the driver below. Rows come from the
 prepared data's ``eval.splits`` in that order, the first ``eval.max_rows`` of each (0: all).
 A re-run skips every finished prediction shard and rebuilds the report.
 
@@ -281,9 +282,11 @@ def _finish_model(
     predictions_uri = plan.greedy_job.directory
     report = tally_report(
         predictions_uri,
+        rows.num_rows,
         splits=list(cfg.eval.splits),
         worst_n=cfg.eval.worst_n,
         top_countries=cfg.eval.top_countries,
+        in_driver_rows=cfg.eval.report_in_driver_rows,
     )
     if report.metrics["n_truth_rows"] != rows.num_rows:
         raise RuntimeError(

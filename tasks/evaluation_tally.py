@@ -4,6 +4,10 @@ the tallies one by one. The driver never holds the predictions: its memory is th
 per slice, an error histogram per reported slice, the worst rows, the map's sample), whatever
 the number of rows. Two passes over the shards: the tallies, then the errors in the histogram
 bins that hold each reported median (exact medians without sorting every error).
+
+Up to ``eval.report_in_driver_rows`` rows (default 20,000, about 70 MB of pandas) the driver
+reads the table once and runs the same code in one pass: Ray Data's fixed seconds per pass (a
+few on 2 cores) would cost more than the work.
 """
 
 from __future__ import annotations
@@ -15,14 +19,29 @@ from typing import Any
 import pandas as pd
 
 from geor_core.data.dataset import parquet_files
-from geor_core.scoring.report_tally import ModelReport, ReportTally, medians, selected_errors
+from geor_core.scoring.report_tally import ModelReport, ReportTally, medians, report_of_table, selected_errors
+from geor_core.scoring.scoring import read_table
 from tasks.ray_session import connect_ray
 
 TALLY_COLUMN = "tally"
 
 
-def tally_report(predictions_uri: str, *, splits: list[str], worst_n: int, top_countries: int) -> ModelReport:
-    """The report of every shard under ``predictions_uri`` (connects to Ray: inside ``ray_scope()``)."""
+def tally_report(
+    predictions_uri: str,
+    rows: int,
+    *,
+    splits: list[str],
+    worst_n: int,
+    top_countries: int,
+    in_driver_rows: int,
+) -> ModelReport:
+    """The report of the ``rows`` predictions under ``predictions_uri``: read whole and reported in
+    this process when ``rows <= in_driver_rows`` (a small table: Ray Data's fixed seconds would
+    dominate), else tallied in Ray Data (connects to Ray: call it inside ``ray_scope()``)."""
+    if rows <= in_driver_rows:
+        return report_of_table(
+            read_table(predictions_uri), splits=splits, worst_n=worst_n, top_countries=top_countries
+        )
     import ray.data
 
     connect_ray()

@@ -36,6 +36,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -160,7 +161,7 @@ class RewardActorPool:
             raise RewardPoolError(
                 f"{self.num_actors} reward actors of {self.cpus_per_actor} CPU did not start within "
                 f"{self.start_timeout_s:.0f} s; the cluster has {ray.available_resources().get('CPU', 0)} "
-                "CPU free: lower grpo.reward_actors or grpo.reward_actor_cpus"
+                f"CPU free{_cpu_holders()}: lower grpo.reward_actors or grpo.reward_actor_cpus"
                 + (f" (each also needs {self.resources}: cluster.worker_resources)" if self.resources else "")
             ) from exc
         except DEAD_ACTOR_ERRORS as exc:
@@ -342,3 +343,17 @@ def _chunk_bounds(n: int, num_chunks: int) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+def _cpu_holders() -> str:
+    """`` (held by: 6 x RewardActor, 1 x Geolocator)``: the live actors, to say who took the CPUs;
+    "" when Ray's state API cannot answer (no dashboard)."""
+    from ray.util.state import list_actors
+    from ray.util.state.exception import RayStateApiException
+
+    try:
+        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
+    except (RayStateApiException, ConnectionError, RuntimeError, ValueError):
+        return ""
+    counts = Counter(actor.class_name for actor in alive)
+    return f" (held by: {', '.join(f'{n} x {name}' for name, n in counts.most_common())})" if counts else ""

@@ -22,6 +22,10 @@ from geor_core.geo.countries import country_name
 from geor_core.scoring.rewards import Truth, reward_keys, score_completions
 from tasks.reward_actors import RewardActorPool, RewardPoolError
 
+# 6 shared actors (0.6 CPU) + a test's own 2 leave the 2-CPU cluster room for what other tests
+# are still releasing (at 0.25 each, 8 actors took the whole cluster, and a leftover made a test's
+# pool wait out its start timeout)
+ACTOR_CPUS = 0.1
 CONFIGS = {
     "product_text": RewardConfig(),  # the paper's combination; region reported from the text
     "product_no_region": RewardConfig(w_country=0.0, w_state=0.0, w_city=0.0),  # no truth names needed
@@ -91,7 +95,8 @@ def shared_pools(ray_cluster) -> Iterator[dict[str, RewardActorPool]]:
     """One pool per config in CONFIGS for the whole module (actors take about a second to start)."""
     two_actors = {"product_text", "weighted_sum_point"}  # chunking; one actor elsewhere starts faster
     pools = {
-        name: RewardActorPool(cfg, 2 if name in two_actors else 1, 0.25) for name, cfg in CONFIGS.items()
+        name: RewardActorPool(cfg, 2 if name in two_actors else 1, ACTOR_CPUS)
+        for name, cfg in CONFIGS.items()
     }
     yield pools
     for pool in pools.values():
@@ -104,7 +109,7 @@ def make_pool(ray_cluster) -> Iterator:
     pools: list[RewardActorPool] = []
 
     def make(cfg: object, num_actors: int, **kwargs: object) -> RewardActorPool:
-        pools.append(RewardActorPool(cfg, num_actors, 0.25, **kwargs))
+        pools.append(RewardActorPool(cfg, num_actors, ACTOR_CPUS, **kwargs))
         return pools[-1]
 
     yield make
@@ -301,6 +306,21 @@ def test_a_scoring_error_reaches_the_caller_unretried_and_close_kills_the_actors
     wait_until_dead(actor)
     with pytest.raises(RewardPoolError, match="closed"):
         pool.score(["(1, 2)"], Truth([1.0], [2.0]))
+
+
+def test_actors_that_cannot_start_fail_naming_who_holds_the_cluster(make_pool):
+    holder = make_pool(RewardConfig(), 1)
+    holder.start()
+    stuck = make_pool(RewardConfig(), 2, start_timeout_s=2.0)
+    stuck.resources = {"a-resource-no-node-has": 1.0}  # never schedulable: waits out the timeout
+    with pytest.raises(RewardPoolError) as raised:
+        stuck.start()
+    message = str(raised.value)
+    assert re.search(
+        r"2 reward actors of 0\.1 CPU did not start within 2 s; the cluster has [\d.]+ CPU free", message
+    )
+    assert re.search(r"\(held by: (.+, )?\d+ x RewardActor", message), message
+    assert "cluster.worker_resources" in message
 
 
 def test_bad_batches_are_named_before_any_actor_starts():

@@ -271,6 +271,12 @@ class EvalConfig:
     max_rows: int = _range(0, 0, doc="0: all rows")
     worst_n: int = _range(20, 0, doc="worst predictions listed in the report")
     top_countries: int = _range(15, 1, doc="countries in the report's per-country table")
+    report_in_driver_rows: int = _range(
+        20000,
+        0,
+        doc="a model's report is computed in the driver from one read of its predictions up to this "
+        "many rows; above, in Ray Data workers (the driver merges small tallies); 0: always Ray Data",
+    )
     sampled_rows: int = _range(
         0,
         0,
