@@ -208,7 +208,7 @@ class _Plan:
             run = InferenceRun(shards=0, shards_skipped=0, rows=job.rows.num_rows)
             run.completions, run.errors = [""] * inputs, [""] * inputs
             return cls(job, run, [], inputs, rows_per_shard)
-        plan = shards.plan_shards(job.rows.column("id").to_pylist(), rows_per_shard)
+        plan = shards.plan_shards(job.rows.column("id"), rows_per_shard)
         shards.remove_beyond(job.directory, len(plan))
         done, marked = shards.scan(job.directory, plan, job.fingerprint)
         pending = [s for s in plan if s.index not in done]

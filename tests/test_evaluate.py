@@ -44,6 +44,8 @@ def test_shards_resume_only_with_the_same_fingerprint_and_ids(tmp_path):
     directory = str(tmp_path / "p")
     plan = shards.plan_shards([f"id{i}" for i in range(10)], 4)
     assert [(s.start, s.stop) for s in plan] == [(0, 4), (4, 8), (8, 10)]
+    column = pa.chunked_array([[f"id{i}" for i in range(3)], [f"id{i}" for i in range(3, 10)]])
+    assert shards.plan_shards(column, 4) == plan  # an Arrow column: the same shards and digests
     table = pa.table({"id": [f"id{i}" for i in range(4)]})
     shards.write_shard(directory, plan[0], table, "fp1")
     assert 0 in shards.scan(directory, plan, "fp1")[0]

@@ -43,14 +43,20 @@ class Shard:
         return self.stop - self.start
 
 
-def plan_shards(ids: Sequence[str], rows_per_shard: int) -> list[Shard]:
-    """Cut the ids (in input order) into consecutive shards of ``rows_per_shard`` rows."""
+def plan_shards(ids: Sequence[str] | pa.Array | pa.ChunkedArray, rows_per_shard: int) -> list[Shard]:
+    """Cut the ids (in input order) into consecutive shards of ``rows_per_shard`` rows. An Arrow
+    column is read one shard at a time: no Python list of every id."""
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard!r}")
     shards = []
     for index, start in enumerate(range(0, len(ids), rows_per_shard)):
         stop = min(start + rows_per_shard, len(ids))
-        digest = hashlib.sha256("\0".join(map(str, ids[start:stop])).encode()).hexdigest()[:16]
+        part = (
+            ids.slice(start, stop - start).to_pylist()
+            if isinstance(ids, pa.Array | pa.ChunkedArray)
+            else ids[start:stop]
+        )
+        digest = hashlib.sha256("\0".join(map(str, part)).encode()).hexdigest()[:16]
         shards.append(Shard(index, start, stop, digest))
     return shards
 
