@@ -21,6 +21,7 @@ import pandas as pd
 from geor_core.data.dataset import parquet_files
 from geor_core.scoring.report_tally import ModelReport, ReportTally, medians, report_of_table, selected_errors
 from geor_core.scoring.scoring import read_table
+from tasks.parquet_read import read_files
 from tasks.ray_session import connect_ray
 
 TALLY_COLUMN = "tally"
@@ -42,13 +43,11 @@ def tally_report(
         return report_of_table(
             read_table(predictions_uri), splits=splits, worst_n=worst_n, top_countries=top_countries
         )
-    import ray.data
-
     connect_ray()
     fs, files = parquet_files(predictions_uri)
     if not files:
         raise RuntimeError(f"{predictions_uri} holds no prediction shard")
-    dataset = ray.data.read_parquet(files, filesystem=fs, override_num_blocks=len(files))
+    dataset = read_files(files, fs, num_cpus=1)  # a block per shard: a worker holds one at a time
     tally: ReportTally | None = None
     for part in _per_block(dataset, _tally_block, worst_n=worst_n):
         tally = part if tally is None else tally.merge(part)

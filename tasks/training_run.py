@@ -31,6 +31,7 @@ from geor_core.registry.dataset_inputs import log_dataset
 from geor_core.registry.tracking import stage_run, tracking_env
 from geor_core.training.deepspeed_config import deepspeed_config
 from geor_core.training.model_loading import resolve_source
+from tasks.parquet_read import read_files
 from tasks.ray_session import start_train_coordinator
 from tasks.training_worker import FAULT_STEP_ENV
 
@@ -148,16 +149,10 @@ MODEL_DIR = "model"
 def read_split(data_uri: str, split: str, columns: list[str]) -> Any:
     """A Ray Dataset of one split of a complete prepared output (``columns`` only), its files in
     their sorted order (module docstring)."""
-    import ray.data
     from ray.data.expressions import col
 
     fs, files = parquet_files(uris.join(data_uri, DATA_DIR))
-    context = ray.data.DataContext.get_current()
-    v2, context.use_datasource_v2 = context.use_datasource_v2, False  # the reader is chosen here
-    try:  # one read task per file: block boundaries that do not depend on the cluster's size
-        dataset = ray.data.read_parquet(files, filesystem=fs, num_cpus=0, override_num_blocks=len(files))
-    finally:
-        context.use_datasource_v2 = v2
+    dataset = read_files(files, fs)  # one read task per file (tasks/parquet_read.py)
     return dataset.filter(expr=col("split") == split).select_columns(columns)
 
 
