@@ -266,17 +266,12 @@ class EvalConfig:
     top_p: float = _range(1.0, 0.0, 1.0, doc="nucleus sampling when do_sample")
     max_new_tokens: int = _range(256, 1, doc="most tokens generated per answer")
     rows_per_shard: int = _range(
-        2048, 1, doc="photos per predictions shard (a re-run redoes unfinished shards)"
+        2048, 1, doc="photos per predictions shard (a re-run redoes unfinished ones)"
     )
     max_rows: int = _range(0, 0, doc="0: all rows")
     worst_n: int = _range(20, 0, doc="worst predictions listed in the report")
     top_countries: int = _range(15, 1, doc="countries in the report's per-country table")
-    report_in_driver_rows: int = _range(
-        20000,
-        0,
-        doc="a model's report is computed in the driver from one read of its predictions up to this "
-        "many rows; above, in Ray Data workers (the driver merges small tallies); 0: always Ray Data",
-    )
+    report_in_driver_rows: int = _range(20000, 0, doc="rows up to which the report is built in the driver")
     sampled_rows: int = _range(
         0,
         0,
