@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from geor_core.geo.geo import EARTH_RADIUS_KM
-from geor_core.scoring.metrics import compute_metrics
+from geor_core.scoring.metrics import compute_metrics, metric_sums, metric_sums_by
 
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180.0  # along a meridian
 
@@ -79,3 +79,27 @@ def test_bad_input_is_named():
         compute_metrics([0.0, 0.0], [0.0], [0.0, 0.0], [0.0, 0.0])
     with pytest.raises(ValueError, match="truth_country_code"):
         compute_metrics([0.0], [0.0], [0.0], [0.0], pred_country=["France"])
+
+
+def test_sums_by_key_equal_the_sums_of_each_keys_rows():
+    rng = np.random.default_rng(4)
+    n = 200
+    true_lat, true_lon = rng.uniform(-60, 60, n), rng.uniform(-170, 170, n)
+    pred_lat = np.where(rng.random(n) < 0.2, np.nan, true_lat + rng.normal(0, 5, n))
+    pred_lon = true_lon + rng.normal(0, 5, n)
+    flags = rng.random(n) < 0.7
+    keys = rng.integers(-1, 4, n)  # -1: left out
+    by_key, distance = metric_sums_by(keys, 5, pred_lat, pred_lon, true_lat, true_lon, format_ok=flags)
+    assert len(by_key) == 5 and by_key[4].n == 0 and by_key[4].histogram == {}
+    for key in range(4):
+        rows = keys == key
+        alone, alone_distance = metric_sums(
+            pred_lat[rows], pred_lon[rows], true_lat[rows], true_lon[rows], format_ok=flags[rows]
+        )
+        got = by_key[key]
+        assert (got.n, got.found, got.within, got.format_ok, got.histogram) == (
+            alone.n, alone.found, alone.within, alone.format_ok, alone.histogram
+        )  # fmt: skip
+        assert got.sum_km == pytest.approx(alone.sum_km, rel=1e-12)
+        assert got.sum_geoscore == pytest.approx(alone.sum_geoscore, rel=1e-12)
+        np.testing.assert_array_equal(distance[rows], alone_distance)

@@ -14,16 +14,11 @@ Two passes, both per batch (tasks/evaluation_tally.py runs them in Ray Data work
    median (``ReportTally.median_requests``); ``medians`` picks the exact order statistics.
 
 Metrics per slice equal `geor score` over that slice's rows: counts, rates and medians exactly,
-mean_km and geoscore up to float rounding of the sums' order.
-
-- levels: country / state / city match rates over all rows, and each level's rate among the rows
-  whose level above matched (where the chain breaks);
-- consistency: does the gazetteer place the predicted point in the country (and state) the text
-  names? Rates over the rows that have a predicted point;
-- per country: the standard metrics for the most frequent true countries;
-- worst: the N worst rows with their reasoning: missing predictions first (by id), then the
-  largest errors.
-Rates are percents; a denominator of 0 gives None.
+mean_km and geoscore up to float rounding of the sums' order. Beside them: level match rates (and
+each level's rate where the level above matched), CoR consistency (is the predicted point in the
+country and state the text names?), the standard metrics of the most frequent true countries, and
+the worst rows (missing predictions first, by id, then the largest errors). Rates are percents; a
+denominator of 0 gives None.
 """
 
 from __future__ import annotations
@@ -35,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geor_core.scoring.metrics import DISTANCE_EDGES_KM, THRESHOLDS_KM, MetricSums, metric_sums, percent
+from geor_core.scoring.metrics import DISTANCE_EDGES_KM, THRESHOLDS_KM, MetricSums, metric_sums_by, percent
 from geor_core.scoring.rewards import COMBINED
 from geor_core.scoring.score_tally import ScoreTally
 from geor_core.scoring.scoring import join_rows
@@ -307,23 +302,32 @@ def _slices(
     out: dict[Slice, tuple[Any, np.ndarray]] = {
         key: scored.tally(mask) for key, mask in masks.items() if wanted is None or key in wanted
     }
-    for code, rows in predictions.groupby("truth_country_code", sort=False):
+    keys, codes = pd.factorize(predictions["truth_country_code"])  # -1: no country code
+    sums, distance = metric_sums_by(
+        keys,
+        len(codes),
+        predictions["lat"].to_numpy(float),
+        predictions["lon"].to_numpy(float),
+        predictions["truth_lat"].to_numpy(float),
+        predictions["truth_lon"].to_numpy(float),
+        format_ok=predictions["format_ok"].to_numpy(bool),
+    )
+    kept = keys >= 0
+    rows = np.bincount(keys[kept], minlength=len(codes))
+    first = np.flatnonzero(kept)[np.unique(keys[kept], return_index=True)[1]]  # each key's first row
+    names = predictions["truth_country"].to_numpy(object)[first]
+    matches = {
+        level: np.bincount(
+            keys[kept], weights=predictions[f"{level}_match"].to_numpy(bool)[kept], minlength=len(codes)
+        )
+        for level in ("country", "state")
+    }
+    for i, code in enumerate(codes):
         if wanted is None or ("country", code) in wanted:
-            sums, distance = metric_sums(
-                rows["lat"].to_numpy(float),
-                rows["lon"].to_numpy(float),
-                rows["truth_lat"].to_numpy(float),
-                rows["truth_lon"].to_numpy(float),
-                format_ok=rows["format_ok"].to_numpy(bool),
-            )
             tally = CountryTally(
-                str(rows["truth_country"].iloc[0]),
-                sums,
-                len(rows),
-                int(rows["country_match"].to_numpy(bool).sum()),
-                int(rows["state_match"].to_numpy(bool).sum()),
+                str(names[i]), sums[i], int(rows[i]), int(matches["country"][i]), int(matches["state"][i])
             )
-            out[("country", code)] = (tally, distance)
+            out[("country", code)] = (tally, distance[keys == i] if wanted is not None else distance[:0])
     return out
 
 
