@@ -122,7 +122,7 @@ class ReportTally:
     overall: ScoreTally
     splits: dict[str, ScoreTally]
     groups: dict[str, ScoreTally]
-    group_reward: Counter  # group -> sum of the combined reward
+    group_reward: dict[str, float]  # group -> sum of the combined reward
     countries: dict[str, CountryTally]
     counts: Counter  # level and consistency counts (see ``_counts``)
     worst: pd.DataFrame  # WORST_COLUMNS, at most the worst_n worst rows
@@ -142,7 +142,7 @@ class ReportTally:
             overall,
             by_kind["split"],
             by_kind["group"],
-            Counter({name: float(rewards[(groups == name).to_numpy()].sum()) for name in by_kind["group"]}),
+            {name: float(rewards[(groups == name).to_numpy()].sum()) for name in by_kind["group"]},
             by_kind["country"],
             _counts(predictions),
             _worst(predictions, worst_n),
@@ -155,7 +155,10 @@ class ReportTally:
             self.overall.merge(other.overall),
             _merge_dicts(self.splits, other.splits),
             _merge_dicts(self.groups, other.groups),
-            self.group_reward + other.group_reward,
+            {  # not Counter's +, which drops sums that are not positive
+                name: self.group_reward.get(name, 0.0) + other.group_reward.get(name, 0.0)
+                for name in {**self.group_reward, **other.group_reward}
+            },
             _merge_dicts(self.countries, other.countries),
             self.counts + other.counts,
             _worst(pd.concat([self.worst, other.worst], ignore_index=True), self.worst_n),
