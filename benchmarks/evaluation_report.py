@@ -20,7 +20,7 @@ Each process reports its own peak RSS (``VmHWM`` of /proc/self/status; Linux) an
 metrics. Prints one JSON object: every run, each configuration's median and [min, max], the
 large/small peak-RSS ratio of each side (target for Ray: within 10%), and the load average at the
 start and the end. Exits 1 when the two sides' reports differ at equal size (every count, rate
-and median exactly; mean_km and geoscore to 1e-9 relative).
+and median exactly; mean_km, geoscore and group rewards to 1e-9 relative).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def child(kind: str, folder: str) -> dict[str, Any]:
 
 
 def differences(ours: Any, theirs: Any, path: str = "") -> list[str]:
-    """Where two reports differ: exactly, except mean_km / geoscore (1e-9 relative)."""
+    """Where two reports differ: exactly, except sums (mean_km, geoscore, a group reward: 1e-9 relative)."""
     if isinstance(ours, dict) and isinstance(theirs, dict):
         if ours.keys() != theirs.keys():
             return [f"{path}: keys {sorted(ours)} != {sorted(theirs)}"]
