@@ -49,11 +49,11 @@ def tally_report(
         raise RuntimeError(f"{predictions_uri} holds no prediction shard")
     dataset = read_files(files, fs, num_cpus=1)  # a block per shard: a worker holds one at a time
     tally: ReportTally | None = None
-    for part in _per_block(dataset, _tally_block, worst_n=worst_n):
+    for part in _per_block(dataset, ReportTally.of, worst_n=worst_n):
         tally = part if tally is None else tally.merge(part)
     assert tally is not None
     requests = tally.median_requests(top_countries)
-    selections = list(_per_block(dataset, _select_block, requests=requests))
+    selections = list(_per_block(dataset, selected_errors, requests=requests))
     return tally.report(medians(tally, requests, selections), splits, top_countries)
 
 
@@ -72,11 +72,3 @@ def _pickled(fn: Callable[..., Any]) -> Callable[..., dict[str, list[bytes]]]:
         return {TALLY_COLUMN: [pickle.dumps(fn(block, **kwargs))]}
 
     return apply
-
-
-def _tally_block(block: pd.DataFrame, worst_n: int) -> ReportTally:
-    return ReportTally.of(block, worst_n)
-
-
-def _select_block(block: pd.DataFrame, requests: dict) -> dict:
-    return selected_errors(block, requests)

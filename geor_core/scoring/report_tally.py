@@ -100,8 +100,7 @@ class CountryTally:
     """One true country's rows as sums."""
 
     name: str
-    sums: MetricSums
-    rows: int
+    sums: MetricSums  # sums.n: the country's rows
     country_match: int
     state_match: int
 
@@ -109,7 +108,6 @@ class CountryTally:
         return CountryTally(
             self.name,
             self.sums.merge(other.sums),
-            self.rows + other.rows,
             self.country_match + other.country_match,
             self.state_match + other.state_match,
         )
@@ -175,7 +173,7 @@ class ReportTally:
 
     def reported_countries(self, top_n: int) -> list[str]:
         """The ``top_n`` most frequent true countries, most rows first."""
-        return sorted(self.countries, key=lambda code: (-self.countries[code].rows, code))[:top_n]
+        return sorted(self.countries, key=lambda code: (-self.countries[code].sums.n, code))[:top_n]
 
     def sums_of(self, key: Slice) -> MetricSums:
         kind, name = key
@@ -233,8 +231,8 @@ class ReportTally:
             "n": metrics["n"],
             **{f"acc_{t}km": metrics[f"acc_{t}km"] for t in THRESHOLDS_KM},
             "median_km": metrics["median_km"],
-            "country_match_rate": percent(country.country_match, country.rows),
-            "state_match_rate": percent(country.state_match, country.rows),
+            "country_match_rate": percent(country.country_match, country.sums.n),
+            "state_match_rate": percent(country.state_match, country.sums.n),
             "format_rate": metrics["format_rate"],
             "missing_rate": metrics["missing_rate"],
         }
@@ -316,7 +314,6 @@ def _slices(
         format_ok=predictions["format_ok"].to_numpy(bool),
     )
     kept = keys >= 0
-    rows = np.bincount(keys[kept], minlength=len(codes))
     first = np.flatnonzero(kept)[np.unique(keys[kept], return_index=True)[1]]  # each key's first row
     names = predictions["truth_country"].to_numpy(object)[first]
     matches = {
@@ -327,9 +324,7 @@ def _slices(
     }
     for i, code in enumerate(codes):
         if wanted is None or ("country", code) in wanted:
-            tally = CountryTally(
-                str(names[i]), sums[i], int(rows[i]), int(matches["country"][i]), int(matches["state"][i])
-            )
+            tally = CountryTally(str(names[i]), sums[i], int(matches["country"][i]), int(matches["state"][i]))
             out[("country", code)] = (tally, distance[keys == i] if wanted is not None else distance[:0])
     return out
 
